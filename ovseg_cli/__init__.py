@@ -1,0 +1,31 @@
+"""ovseg: open-vocabulary video semantic segmentation (OV2VSS) as a library and a CLI.
+
+Heavy dependencies (torch, open_clip, PyAV) are imported on first use, so that
+``import ovseg_cli`` and ``ovseg --help`` stay instant.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "OvsegError": "ovseg_cli.errors",
+    "SegmentConfig": "ovseg_cli.config",
+    "load_model": "ovseg_cli.segmenter",
+    "segment_video": "ovseg_cli.pipeline",
+    "FrameResult": "ovseg_cli.pipeline",
+    "load_clip": "ovseg_cli.clip_loading",
+    "parse_classes": "ovseg_cli.classes",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ovseg_cli' has no attribute {name!r}")

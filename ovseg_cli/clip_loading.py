@@ -1,0 +1,426 @@
+"""One entry point for CLIP: ``load_clip(arch, pretrained)`` through open_clip's own registry.
+
+Weights come from an open_clip tag (looked up in the Hugging Face cache and open_clip's
+URL cache before any download is tried), a local file, a local folder holding an
+``open_clip_config.json``, or ``hf-hub:ORG/NAME``; ``none`` means random weights. The
+project's tiny test architecture ``ovseg-tiny`` is registered as a config file, the
+open_clip way, not forked into code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from ovseg_cli.errors import OvsegError, did_you_mean
+
+log = logging.getLogger("ovseg")
+
+PROJECT_CONFIGS = Path(__file__).parent / "model_configs"
+RANDOM_WEIGHTS = "none"
+HF_PREFIX = "hf-hub:"
+# open_clip's default location for weights fetched by URL rather than from the hub
+URL_CACHE = Path("~/.cache/clip").expanduser()
+
+_registered = False
+
+
+def register_project_configs() -> None:
+    """Make ovseg's own architectures (``ovseg-tiny``) known to open_clip; idempotent."""
+    global _registered
+    if _registered:
+        return
+    import open_clip
+
+    for cfg in sorted(PROJECT_CONFIGS.glob("*.json")):
+        open_clip.add_model_config(cfg)
+    _registered = True
+
+
+@dataclass
+class ClipBundle:
+    """A frozen open_clip model with its tokenizer and where its weights came from."""
+
+    model: Any  # open_clip.CLIP, eval mode, no gradients
+    tokenizer: Any
+    arch: str
+    pretrained: str
+    weights: str  # the file that was loaded, or "random"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def random_init(self) -> bool:
+        """True when no pretrained weights were loaded."""
+        return self.weights == "random"
+
+    @property
+    def visual(self) -> Any:
+        """The image encoder."""
+        return self.model.visual
+
+    @property
+    def native_size(self) -> int:
+        """Short side of the image size the CLIP was trained at."""
+        return min(self.model.visual.image_size)
+
+    @property
+    def patch_size(self) -> int:
+        """Patch size of the ViT image encoder."""
+        return self.model.visual.patch_size[0]
+
+
+def dense_capable(model_cfg: dict[str, Any]) -> bool:
+    """Whether ovseg can run an architecture's image encoder densely (open_clip's own ViT)."""
+    vision = model_cfg.get("vision_cfg", {})
+    text = model_cfg.get("text_cfg", {})
+    custom = ("qk_norm", "scaled_cosine_attn", "scale_heads", "scale_attn", "scale_fc")
+    return (
+        isinstance(vision.get("layers"), int)
+        and "timm_model_name" not in vision
+        and not vision.get("attentional_pool")
+        and vision.get("pool_type", "tok") == "tok"
+        and not any(vision.get(k) for k in custom)
+        and "hf_model_name" not in text
+        and "hf_tokenizer_name" not in text
+        and "multimodal_cfg" not in model_cfg
+    )
+
+
+def list_architectures(dense_only: bool = True) -> list[str]:
+    """Architectures open_clip knows (plus ovseg's own), optionally only dense-capable ones."""
+    register_project_configs()
+    import open_clip
+
+    names = open_clip.list_models()
+    if not dense_only:
+        return names
+    return [n for n in names if dense_capable(open_clip.get_model_config(n) or {})]
+
+
+def list_tags(arch: str) -> list[str]:
+    """Pretrained tags open_clip lists for an architecture."""
+    import open_clip
+
+    return list(open_clip.list_pretrained_tags_by_model(arch))
+
+
+def _hub_file(cfg: dict[str, Any]) -> tuple[str, list[str]] | None:
+    """(repo id, candidate file names) of a tag's weights on the Hugging Face hub."""
+    hub = cfg.get("hf_hub")
+    if not hub:
+        return None
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    # open_clip's convention: "org/repo/" means the default file name, "org/repo/file" a given one
+    repo, filename = os.path.split(hub)
+    if filename:
+        stem, ext = os.path.splitext(filename)
+        names = [stem + ".safetensors", filename] if ext in (".bin", ".pth") else [filename]
+    else:
+        names = [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
+    return repo, names
+
+
+def weight_locations(arch: str, tag: str, cache_dir: str | None = None) -> list[str]:
+    """Places where the weights of (arch, tag) are looked for, for messages."""
+    import open_clip
+    from huggingface_hub import constants
+
+    cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
+    places = []
+    hub = _hub_file(cfg)
+    if hub:
+        base = Path(cache_dir or constants.HF_HUB_CACHE)
+        folder = "models--" + hub[0].replace("/", "--")
+        places.append(f"{base / folder} ({' or '.join(hub[1])})")
+    elif cfg.get("url"):
+        places.append(str(Path(cache_dir or URL_CACHE) / os.path.basename(cfg["url"])))
+    return places
+
+
+def cached_weights(arch: str, tag: str, cache_dir: str | None = None) -> Path | None:
+    """The local file holding (arch, tag) weights, if already downloaded; never downloads."""
+    import open_clip
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
+    if cfg.get("file"):
+        return Path(cfg["file"]) if Path(cfg["file"]).is_file() else None
+    hub = _hub_file(cfg)
+    if hub:
+        for name in hub[1]:
+            found = try_to_load_from_cache(hub[0], name, cache_dir=cache_dir)
+            if isinstance(found, str) and Path(found).is_file():
+                return Path(found)
+    elif cfg.get("url"):
+        # only URL-only tags: open_clip fetches OpenAI's TorchScript .pt files from the hub instead
+        local = Path(cache_dir or URL_CACHE) / os.path.basename(cfg["url"])
+        if local.is_file():
+            return local
+    return None
+
+
+def hub_offline() -> bool:
+    """True when HF_HUB_OFFLINE asks for no network access."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    return bool(constants.HF_HUB_OFFLINE) or env in ("1", "ON", "YES", "TRUE")
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Quick TCP check, so a machine without network fails in seconds, not after retries."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # a proxy may reach what we cannot; let the download try
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    """open_clip and huggingface_hub log to the root logger; keep the terminal clean."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def _preprocess_of(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg}
+
+
+def _download_tag(arch: str, tag: str, cfg: dict[str, Any], cache_dir: str | None) -> Path:
+    """Fetch a tag's weights into the usual caches, or explain why that is impossible."""
+    import open_clip
+    from huggingface_hub import constants
+
+    where = "; ".join(weight_locations(arch, tag, cache_dir))
+    advice = (
+        "Download them on a connected machine (open_clip caches them there), or pass a local "
+        "file: --pretrained /path/to/weights.safetensors (see `ovseg models`)"
+    )
+    if hub_offline():
+        raise OvsegError(
+            f"CLIP weights {arch}/{tag} are not in the local cache and HF_HUB_OFFLINE is set; "
+            f"looked in: {where}. {advice}"
+        )
+    source = constants.ENDPOINT if cfg.get("hf_hub") else cfg.get("url", constants.ENDPOINT)
+    if not _reachable(source):
+        host = urlparse(source).hostname
+        raise OvsegError(
+            f"CLIP weights {arch}/{tag} are not in the local cache and {host} cannot be reached; "
+            f"looked in: {where}. {advice}"
+        )
+    try:
+        with _quiet_open_clip():
+            path = open_clip.download_pretrained(cfg, cache_dir=cache_dir)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0][:200]
+        raise OvsegError(
+            f"could not download CLIP weights {arch}/{tag}: {reason}. {advice}"
+        ) from None
+    if not path or not Path(path).is_file():
+        raise OvsegError(f"could not download CLIP weights {arch}/{tag}. {advice}")
+    return Path(path)
+
+
+def _create(name: str, **kwargs: Any) -> Any:
+    import open_clip
+
+    with _quiet_open_clip():
+        return open_clip.create_model(name, device="cpu", **kwargs)
+
+
+def _load_file(arch: str, path: Path, **kwargs: Any) -> Any:
+    """Build ``arch`` and load a local weights file into it, refusing anything else."""
+    try:
+        return _create(arch, pretrained=str(path), **kwargs)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise OvsegError(
+            f"{path} is not a CLIP checkpoint for {arch} ({type(exc).__name__}: {first[:160]})"
+        ) from None
+
+
+def load_clip(
+    arch: str = "ViT-B-16",
+    pretrained: str = "openai",
+    *,
+    device: str = "cpu",
+    cache_dir: str | None = None,
+) -> ClipBundle:
+    """Create a frozen open_clip model and its tokenizer, with clear errors for every failure."""
+    register_project_configs()
+    import open_clip
+
+    if arch.startswith(HF_PREFIX) or pretrained.startswith(HF_PREFIX):
+        # an open_clip hub repository carries its own architecture config and weights
+        name = arch if arch.startswith(HF_PREFIX) else pretrained
+        model, source = _load_hub_repo(name, cache_dir)
+        weights = name
+    else:
+        model, weights, source = _load_arch(arch, pretrained, cache_dir)
+        name = source
+    _check_dense_model(model, name)
+    model = model.to(device).eval().requires_grad_(False)
+    pre = getattr(model.visual, "preprocess_cfg", {}) or {}
+    with _quiet_open_clip():
+        tokenizer = open_clip.get_tokenizer(source, cache_dir=cache_dir)
+    if weights == "random":
+        log.warning(
+            "CLIP %s has RANDOM weights (--pretrained none): its output is meaningless; "
+            "use this only for tests and benchmarks",
+            arch,
+        )
+    return ClipBundle(
+        model=model,
+        tokenizer=tokenizer,
+        arch=name,
+        pretrained=pretrained if not arch.startswith(HF_PREFIX) else arch,
+        weights=weights,
+        mean=tuple(pre.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        std=tuple(pre.get("std", open_clip.OPENAI_DATASET_STD)),
+    )
+
+
+def _load_arch(arch: str, pretrained: str, cache_dir: str | None) -> tuple[Any, str, str]:
+    """(model, weights, open_clip name) for a registered architecture and a tag, file or folder."""
+    import open_clip
+
+    known = open_clip.list_models()
+    if arch not in known:
+        raise OvsegError(
+            f"unknown CLIP architecture {arch!r}"
+            + did_you_mean(arch, known)
+            + "; `ovseg models` lists the usable ones"
+        )
+    arch_cfg = open_clip.get_model_config(arch) or {}
+    if not dense_capable(arch_cfg):
+        raise OvsegError(
+            f"{arch} has an image encoder ovseg cannot run densely (it needs an open_clip "
+            "ViT with a class token, e.g. ViT-B-16); `ovseg models` lists the usable ones"
+        )
+    path = Path(pretrained).expanduser()
+    tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained) or {}
+    if pretrained.lower() == RANDOM_WEIGHTS:
+        return _create(arch), "random", arch
+    if tag_cfg:
+        kwargs: dict[str, Any] = {"force_preprocess_cfg": _preprocess_of(tag_cfg)}
+        if tag_cfg.get("quick_gelu") and not arch_cfg.get("quick_gelu"):
+            kwargs["force_quick_gelu"] = True  # e.g. OpenAI's weights were trained with it
+        local = cached_weights(arch, pretrained, cache_dir) or _download_tag(
+            arch, pretrained, tag_cfg, cache_dir
+        )
+        return _load_file(arch, local, **kwargs), str(local), arch
+    if path.is_dir():
+        if not (path / "open_clip_config.json").is_file():
+            raise OvsegError(f"{path} is a folder without open_clip_config.json")
+        source = f"local-dir:{path}"
+        try:
+            return _create(source), str(path), source
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise OvsegError(f"could not load CLIP from {path}: {first[:200]}") from None
+    if path.is_file():
+        return _load_file(arch, path), str(path), arch
+    if os.sep in pretrained or path.suffix:
+        raise OvsegError(f"--pretrained file not found: {path}")
+    tags = list_tags(arch)
+    raise OvsegError(
+        f"unknown pretrained tag {pretrained!r} for {arch}"
+        + did_you_mean(pretrained, tags)
+        + (f"; known tags: {', '.join(tags)}" if tags else "; it has no published weights")
+        + ", or pass a local file"
+    )
+
+
+def _cached_hub_snapshot(repo: str, cache_dir: str | None) -> Path | None:
+    """The cached snapshot folder of an open_clip hub repo, if its config and weights are there."""
+    from huggingface_hub import try_to_load_from_cache
+    from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    config = try_to_load_from_cache(repo, HF_CONFIG_NAME, cache_dir=cache_dir)
+    if not isinstance(config, str):
+        return None
+    for name in (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME):
+        found = try_to_load_from_cache(repo, name, cache_dir=cache_dir)
+        if isinstance(found, str) and Path(found).parent == Path(config).parent:
+            return Path(config).parent
+    return None
+
+
+def _load_hub_repo(model_name: str, cache_dir: str | None) -> tuple[Any, str]:
+    """(model, open_clip name) from ``hf-hub:ORG/NAME``: the cache first, else a download."""
+    from huggingface_hub import constants
+
+    repo = model_name[len(HF_PREFIX) :]
+    snapshot = _cached_hub_snapshot(repo, cache_dir)
+    if snapshot is not None:
+        # load the cached snapshot as a local folder: no network round trip, works offline
+        name = f"local-dir:{snapshot}"
+    else:
+        where = Path(cache_dir or constants.HF_HUB_CACHE) / ("models--" + repo.replace("/", "--"))
+        advice = "download it on a connected machine, or pass --pretrained with a local file"
+        if hub_offline():
+            raise OvsegError(
+                f"{model_name} is not in the Hugging Face cache ({where}) and HF_HUB_OFFLINE is "
+                f"set; {advice}"
+            )
+        if not _reachable(constants.ENDPOINT):
+            raise OvsegError(
+                f"{model_name} is not in the Hugging Face cache ({where}) and "
+                f"{urlparse(constants.ENDPOINT).hostname} cannot be reached; {advice}"
+            )
+        name = model_name
+    try:
+        model = _create(name, cache_dir=cache_dir, require_pretrained=True)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise OvsegError(f"could not load {model_name}: {first[:200]}") from None
+    return model, name
+
+
+def _check_dense_model(model: Any, name: str) -> None:
+    from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+
+    visual = getattr(model, "visual", None)
+    ok = (
+        isinstance(visual, VisionTransformer)
+        and visual.attn_pool is None
+        and visual.pool_type == "tok"
+        and all(isinstance(b, ResidualAttentionBlock) for b in visual.transformer.resblocks)
+    )
+    if not ok:
+        raise OvsegError(
+            f"{name} has an image encoder ovseg cannot run densely (it needs an open_clip ViT "
+            "with a class token, e.g. ViT-B-16)"
+        )
+
+
+def save_random_weights(arch: str, path: str | Path, seed: int = 0) -> Path:
+    """Save a randomly initialised open_clip model to a local file (tests, benchmarks)."""
+    register_project_configs()
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = _create(arch)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    out = Path(path)
+    save_file(state, str(out))
+    return out

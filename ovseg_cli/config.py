@@ -1,0 +1,235 @@
+"""Run configuration: one dataclass per command, loaded from YAML plus command-line overrides.
+
+Each setting is declared once, with its default and help text (``setting``); the CLI
+takes its help from here, YAML files are checked against it (unknown keys are refused
+with a suggestion), and the resolved values are saved with every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ovseg_cli.errors import OvsegError, did_you_mean
+
+T = TypeVar("T")
+
+
+def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
+    """Declare a config field with its default, one-line help and optional choices."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+def help_text(cls: type, name: str) -> str:
+    """Help text of a setting (with its choices), for the CLI."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    choices = f.metadata.get("choices")
+    return f"{f.metadata['help']}" + (f" One of: {', '.join(choices)}." if choices else "")
+
+
+def default_text(cls: type, name: str) -> str:
+    """A setting's default as the CLI shows it."""
+    default = {f.name: f for f in dataclasses.fields(cls)}[name].default
+    if default is None:
+        return "none"
+    return str(default).lower() if isinstance(default, bool) else str(default)
+
+
+@dataclass
+class SegmentConfig:
+    """Settings of `ovseg segment` (and of `segment_video` in the library)."""
+
+    clip: str = setting("ViT-B-16", "CLIP architecture: an open_clip name, or hf-hub:ORG/NAME.")
+    pretrained: str = setting(
+        "openai",
+        "CLIP weights: an open_clip tag, a local file or folder, hf-hub:ORG/NAME, "
+        "or 'none' for random weights (tests and benchmarks only).",
+    )
+    dense_method: str = setting(
+        "clearclip",
+        "Training-free change to CLIP's last block that makes its patch features dense.",
+        choices=("clearclip", "naclip", "sclip", "maskclip", "vanilla"),
+    )
+    size: int | None = setting(
+        None, "Short side in pixels of the image the model sees (default: the CLIP's native size)."
+    )
+    window: int | None = setting(
+        None,
+        "Sliding-window size in pixels (stride 2/3 of it); none runs the whole frame at once "
+        "with interpolated positional embeddings.",
+    )
+    templates: str = setting(
+        "vild", "Prompt-template ensemble.", choices=("vild", "imagenet", "single")
+    )
+    temporal: bool = setting(True, "Fuse each frame's features with a bounded history.")
+    temporal_strength: float = setting(
+        0.5, "Weight of the history in the fused features (0 = off, 1 = history only)."
+    )
+    temporal_history: int = setting(2, "Fused frames kept in the temporal history.")
+    temporal_radius: float = setting(
+        3.0, "Spatial reach of the temporal attention, in patches (Gaussian sigma)."
+    )
+    scene_cut: float = setting(
+        0.5, "Reset the history when frame-to-history feature similarity drops below this."
+    )
+    overlay: bool = setting(True, "Write overlay.mp4.")
+    masks: bool = setting(False, "Write masks/NNNNNN.png palette masks and labelmap.txt.")
+    alpha: float = setting(0.5, "Opacity of the class colours in the overlay.")
+    start: float = setting(0.0, "Start of the range to segment, in seconds.")
+    end: float | None = setting(None, "End of the range to segment, in seconds (exclusive).")
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps.")
+    precision: str = setting(
+        "auto", "Compute precision (autocast on GPU).", choices=("auto", "fp32", "fp16", "bf16")
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+def validate(cfg: Any) -> None:
+    """Check choices and simple ranges of a config dataclass, raising OvsegError."""
+    for f in dataclasses.fields(cfg):
+        choices = f.metadata.get("choices")
+        value = getattr(cfg, f.name)
+        if choices and value not in choices:
+            raise OvsegError(
+                f"{f.name} must be one of {', '.join(choices)}, not {value!r}"
+                + did_you_mean(str(value), choices)
+            )
+    if isinstance(cfg, SegmentConfig):
+        _check_segment(cfg)
+
+
+def _check_segment(cfg: SegmentConfig) -> None:
+    if not 0.0 <= cfg.alpha <= 1.0:
+        raise OvsegError(f"alpha must be between 0 and 1, not {cfg.alpha}")
+    if not 0.0 <= cfg.temporal_strength <= 1.0:
+        raise OvsegError(f"temporal_strength must be between 0 and 1, not {cfg.temporal_strength}")
+    if cfg.temporal_history < 1:
+        raise OvsegError(f"temporal_history must be at least 1, not {cfg.temporal_history}")
+    if cfg.temporal_radius <= 0:
+        raise OvsegError(f"temporal_radius must be positive, not {cfg.temporal_radius}")
+    if cfg.size is not None and cfg.size < 16:
+        raise OvsegError(f"size must be at least 16 pixels, not {cfg.size}")
+    if cfg.window is not None and cfg.window < 16:
+        raise OvsegError(f"window must be at least 16 pixels, not {cfg.window}")
+    if cfg.start < 0:
+        raise OvsegError(f"start must be >= 0 seconds, not {cfg.start}")
+    if cfg.end is not None and cfg.end <= cfg.start:
+        raise OvsegError(f"end ({cfg.end} s) must be after start ({cfg.start} s)")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
+    """Convert a YAML or command-line value to the declared type of a setting."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        is_none = value is None or (
+            isinstance(value, str) and value.lower() in ("none", "null", "")
+        )
+        if is_none and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key, source)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, Mapping):
+            raise OvsegError(f"{source}: {key} must be a mapping of settings")
+        return from_mapping(annotation, value, source=source, prefix=f"{key}.")
+    try:
+        if annotation is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1"):
+                return True
+            if isinstance(value, str) and value.lower() in ("false", "no", "off", "0"):
+                return False
+            raise ValueError(value)
+        if annotation is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if annotation is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if annotation is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError(value)
+            return str(value)
+        if origin in (list, tuple):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            conv = [_coerce(v, args[0], key, source) for v in items]
+            return tuple(conv) if origin is tuple else conv
+    except (TypeError, ValueError):
+        name = getattr(annotation, "__name__", str(annotation))
+        raise OvsegError(f"{source}: {key} must be {name}, not {value!r}") from None
+    return value
+
+
+def from_mapping(cls: type[T], data: Mapping[str, Any], *, source: str, prefix: str = "") -> T:
+    """Build a config dataclass from a mapping, refusing unknown keys with a suggestion."""
+    hints = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        norm = str(key).replace("-", "_")
+        if norm not in names:
+            raise OvsegError(
+                f"{source}: unknown setting {prefix}{key!r}" + did_you_mean(norm, names)
+            )
+        values[norm] = _coerce(value, hints[norm], f"{prefix}{norm}", source)
+    return cls(**values)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping from a file, with one-line errors."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise OvsegError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise OvsegError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise OvsegError(f"{p}: a config file must hold a mapping of settings")
+    return data
+
+
+def resolve(
+    cls: type[T], config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> T:
+    """Defaults, then the YAML file, then explicit overrides (None values are ignored)."""
+    merged: dict[str, Any] = {}
+    if config_file is not None:
+        merged.update(load_yaml(config_file))
+    source = str(config_file) if config_file is not None else "settings"
+    base = from_mapping(cls, merged, source=source)
+    extra = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if not extra:
+        return base
+    return from_mapping(cls, {**to_dict(base), **extra}, source="command line")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-data form of a config dataclass (for JSON/YAML)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,128 @@
+"""``segment_video``: stream a video through a segmenter, one result per frame.
+
+    from ovseg_cli import segment_video
+    for r in segment_video("clip.mp4", "road,sky,horse", pretrained="openai"):
+        print(r.index, r.time, r.mask.shape)
+
+Frames are decoded and resized in a background thread while the model runs; nothing
+but a few frames in flight and the bounded temporal state is held in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ovseg_cli.classes import ClassSpec, resolve_classes
+from ovseg_cli.config import SegmentConfig, from_mapping, to_dict
+from ovseg_cli.prompts import Vocabulary
+from ovseg_cli.segmenter import SegmentState, TrainingFreeSegmenter, load_model
+from ovseg_cli.threads import Prefetcher
+from ovseg_cli.video_reader import DecodedFrame, VideoInfo, VideoReader
+
+
+@dataclass
+class FrameResult:
+    """The segmentation of one frame."""
+
+    index: int  # 0-based within the segmented range
+    time: float  # seconds since the start of the video
+    pts: int  # presentation time stamp in the video stream's time base
+    frame: np.ndarray  # (H, W, 3) uint8 RGB, upright
+    mask: np.ndarray  # (H, W) uint8 class indices into the vocabulary
+    logits: torch.Tensor  # (N, gh, gw) float32 class scores at the model's resolution
+
+
+def logits_to_mask(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Upsample (N, gh, gw) logits bilinearly to (H, W) and take the best class per pixel."""
+    up = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)
+    return up[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
+
+
+class SegmentationStream:
+    """An iterator of ``FrameResult`` over one video, with the run's context attached."""
+
+    def __init__(
+        self,
+        video: str | Path,
+        vocabulary: Vocabulary,
+        model: TrainingFreeSegmenter,
+        *,
+        start: float = 0.0,
+        end: float | None = None,
+    ) -> None:
+        self.model = model
+        self.vocabulary = vocabulary
+        self.reader = VideoReader(video, start=start, end=end)
+        self.info: VideoInfo = self.reader.info
+        self.state: SegmentState = model.init_state()
+        self._frames = Prefetcher(self._prepared(), depth=4)
+        self._closed = False
+
+    def _prepared(self) -> Iterator[tuple[DecodedFrame, torch.Tensor]]:
+        for frame in self.reader:
+            yield frame, self.model.prepare(frame.rgb)
+
+    @property
+    def skipped(self) -> int:
+        """Frames that could not be decoded and were skipped."""
+        return self.reader.skipped
+
+    def __iter__(self) -> Iterator[FrameResult]:
+        return self
+
+    def __next__(self) -> FrameResult:
+        try:
+            frame, image = next(self._frames)
+        except BaseException:
+            self.close()
+            raise
+        logits, self.state = self.model.step(image, self.state, self.vocabulary)
+        logits = logits.float()
+        mask = logits_to_mask(logits, frame.rgb.shape[:2])
+        return FrameResult(frame.index, frame.time, frame.pts, frame.rgb, mask, logits.cpu())
+
+    def close(self) -> None:
+        """Stop decoding and release the video file."""
+        if not self._closed:
+            self._closed = True
+            self._frames.close()
+            self.reader.close()
+
+    def __enter__(self) -> SegmentationStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def segment_video(
+    video: str | Path,
+    classes: str | Sequence[str | ClassSpec] | None = None,
+    *,
+    classes_file: str | Path | None = None,
+    model: TrainingFreeSegmenter | None = None,
+    config: SegmentConfig | None = None,
+    **overrides: Any,
+) -> SegmentationStream:
+    """Segment a video with the given classes; iterate the result for one ``FrameResult`` per frame.
+
+    ``overrides`` are settings of ``SegmentConfig`` (e.g. ``pretrained="none"``, ``end=2``).
+    A ``model`` from ``load_model`` can be reused across videos.
+    """
+    cfg = config or SegmentConfig()
+    if overrides:
+        cfg = from_mapping(SegmentConfig, {**to_dict(cfg), **overrides}, source="segment_video")
+    specs = resolve_classes(classes, classes_file)
+    from ovseg_cli.video_reader import probe_video
+
+    probe_video(video)  # a bad video fails before the model is loaded
+    model = model or load_model(cfg)
+    vocabulary = model.encode_vocabulary(specs)
+    return SegmentationStream(video, vocabulary, model, start=cfg.start, end=cfg.end)

@@ -1,0 +1,179 @@
+"""One `ovseg segment` run: video in, a complete output folder out (overlay, masks, meta.json).
+
+The CLI and the benchmark both call ``run_segment``; the CLI adds only argument parsing
+and a progress bar.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ovseg_cli import __version__
+from ovseg_cli.classes import ClassSpec
+from ovseg_cli.config import SegmentConfig, to_dict
+from ovseg_cli.errors import OvsegError
+from ovseg_cli.outputs import OutputFolder
+from ovseg_cli.video_reader import VideoInfo, probe_video
+
+MASK_FORMAT = "palette PNG, pixel value = class index, 255 = unlabelled"
+
+
+@dataclass
+class SegmentRun:
+    """What a finished run wrote and how long it took."""
+
+    out_dir: Path
+    frames: int
+    skipped: int
+    load_seconds: float
+    segment_seconds: float
+    meta: dict[str, Any]
+
+    @property
+    def fps(self) -> float:
+        """Frames per second of the segmentation loop (model loading excluded)."""
+        return self.frames / self.segment_seconds if self.segment_seconds > 0 else 0.0
+
+
+def default_out_dir(video: str | Path) -> Path:
+    """``<video stem>_ovseg`` in the current directory."""
+    return Path.cwd() / f"{Path(video).stem}_ovseg"
+
+
+def _fraction(value: Any) -> str:
+    return f"{value.numerator}/{value.denominator}"
+
+
+def _input_meta(info: VideoInfo, cfg: SegmentConfig) -> dict[str, Any]:
+    return {
+        "path": str(Path(info.path).absolute()),
+        "width": info.width,
+        "height": info.height,
+        "rotation": info.rotation,
+        "fps": _fraction(info.average_rate),
+        "fps_float": float(info.average_rate),
+        "time_base": _fraction(info.time_base),
+        "codec": info.codec,
+        "duration_s": info.duration,
+        "frame_count": info.frame_count,
+        "audio": info.has_audio,
+        "start_s": cfg.start,
+        "end_s": cfg.end,
+    }
+
+
+def run_segment(
+    video: str | Path,
+    classes: Sequence[ClassSpec],
+    config: SegmentConfig,
+    *,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    model: Any = None,
+    on_start: Callable[[VideoInfo, int | None], None] | None = None,
+    on_frame: Callable[[Any], None] | None = None,
+) -> SegmentRun:
+    """Segment ``video`` and write the output folder; nothing is left behind on failure."""
+    if not (config.overlay or config.masks):
+        raise OvsegError("nothing to write: --no-overlay needs --masks")
+    info = probe_video(video)  # cheap checks first: bad input fails before torch is imported
+    folder = OutputFolder(out or default_out_dir(video), overwrite=overwrite)
+
+    from ovseg_cli.pipeline import SegmentationStream
+    from ovseg_cli.rendering import OverlayRenderer, labelmap_text, palette_bytes, save_palette_png
+    from ovseg_cli.segmenter import load_model
+    from ovseg_cli.threads import BackgroundWorker
+    from ovseg_cli.video_writer import VideoWriter
+
+    writer = stream = worker = None
+    try:
+        t0 = time.perf_counter()
+        model = model or load_model(config)
+        vocabulary = model.encode_vocabulary(classes)
+        load_seconds = time.perf_counter() - t0
+        names, colors = vocabulary.names, vocabulary.colors
+        stream = SegmentationStream(video, vocabulary, model, start=config.start, end=config.end)
+        if config.overlay:
+            writer = VideoWriter(
+                folder.path / "overlay.mp4",
+                info,
+                audio_from=video,
+                start=config.start,
+                end=config.end,
+            )
+        renderer = OverlayRenderer(names, colors, alpha=config.alpha)
+        palette = palette_bytes(colors)
+        if config.masks:
+            (folder.path / "masks").mkdir()
+
+        def write(result: Any) -> None:
+            if writer is not None:
+                writer.write(renderer.render(result.frame, result.mask), result.pts)
+            if config.masks:
+                save_palette_png(
+                    result.mask, palette, folder.path / "masks" / f"{result.index:06d}.png"
+                )
+
+        if on_start is not None:
+            on_start(info, info.frames_between(config.start, config.end))
+        worker = BackgroundWorker(write, depth=4)
+        t1 = time.perf_counter()
+        frames = 0
+        for result in stream:
+            worker.submit(result)
+            frames += 1
+            if on_frame is not None:
+                on_frame(result)
+        worker.finish()
+        if writer is not None:
+            writer.close()
+        segment_seconds = time.perf_counter() - t1
+
+        if config.masks:
+            folder.write_text("labelmap.txt", labelmap_text(names, colors))
+        meta = {
+            "ovseg_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "input": _input_meta(info, config),
+            "output": {
+                "frames": frames,
+                "skipped_frames": stream.skipped,
+                "overlay": "overlay.mp4" if writer is not None else None,
+                "video_codec": writer.codec_name if writer is not None else None,
+                "masks": "masks/" if config.masks else None,
+                "mask_format": MASK_FORMAT,
+            },
+            "classes": [
+                {"index": i, "name": c.name, "prompts": list(c.texts), "color": list(col)}
+                for i, (c, col) in enumerate(zip(vocabulary.classes, colors, strict=True))
+            ],
+            "prompt_templates": list(vocabulary.templates),
+            "model": model.describe(),
+            "timings": {
+                "load_s": round(load_seconds, 3),
+                "segment_s": round(segment_seconds, 3),
+                "fps": round(frames / segment_seconds, 3) if segment_seconds else None,
+            },
+            "config": to_dict(config),
+        }
+        folder.write_json("meta.json", meta)
+        import yaml
+
+        folder.write_text("config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+        out_dir = folder.commit()
+        return SegmentRun(out_dir, frames, stream.skipped, load_seconds, segment_seconds, meta)
+    except BaseException:
+        if worker is not None:
+            worker.stop()  # the writer thread must be idle before the file is dropped
+        if writer is not None:
+            writer.abort()
+        folder.discard()
+        raise
+    finally:
+        if stream is not None:
+            stream.close()

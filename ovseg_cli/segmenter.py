@@ -1,0 +1,157 @@
+"""The training-free segmenter: dense CLIP + temporal fusion + text matching, one frame at a time.
+
+The model is stateless: ``step(image, state, vocabulary) -> (logits, state)``; everything
+that carries over from frame to frame lives in ``SegmentState``, whose size is fixed by
+the settings, not by the length of the video.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ovseg_cli.classes import ClassSpec
+from ovseg_cli.clip_loading import ClipBundle, load_clip
+from ovseg_cli.config import SegmentConfig
+from ovseg_cli.dense_clip import DenseClipEncoder, model_input_size, to_model_input
+from ovseg_cli.devices import autocast, resolve_device, resolve_precision
+from ovseg_cli.prompts import Vocabulary, encode_vocabulary, templates_named
+from ovseg_cli.temporal_fusion import TemporalFusion, TemporalState
+
+
+@dataclass
+class SegmentState:
+    """What a stream carries between frames: the temporal history, bounded."""
+
+    temporal: TemporalState | None
+    frames: int = 0
+
+    def reset(self) -> None:
+        """Start afresh (a new video or a new shot)."""
+        if self.temporal is not None:
+            self.temporal.reset()
+        self.frames = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the state."""
+        return self.temporal.nbytes if self.temporal is not None else 0
+
+
+class TrainingFreeSegmenter:
+    """Open-vocabulary segmentation from a frozen CLIP with no trained weights of its own."""
+
+    kind = "training-free"
+
+    def __init__(
+        self,
+        clip: ClipBundle,
+        *,
+        dense_method: str = "clearclip",
+        size: int | None = None,
+        window: int | None = None,
+        fusion: TemporalFusion | None = None,
+        templates: str = "vild",
+        device: torch.device | str = "cpu",
+        precision: str = "fp32",
+    ) -> None:
+        self.clip = clip
+        self.device = torch.device(device)
+        self.precision = precision
+        self.encoder = DenseClipEncoder(clip.visual, dense_method).to(self.device)
+        self.size = size or clip.native_size
+        self.window = window
+        self.fusion = fusion
+        self.templates = templates
+        self.logit_scale = float(clip.model.logit_scale.exp().clamp(max=100).item())
+
+    def encode_vocabulary(self, classes: Sequence[ClassSpec]) -> Vocabulary:
+        """Text embeddings of the classes (once per run)."""
+        with autocast(self.device, self.precision):
+            return encode_vocabulary(self.clip, classes, templates_named(self.templates))
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (h, w) a frame of this size is resized to."""
+        return model_input_size(height, width, self.size, self.encoder.patch)
+
+    def prepare(self, rgb: np.ndarray) -> torch.Tensor:
+        """Resize and normalise an (H, W, 3) uint8 frame; safe to call from a reader thread."""
+        size = self.input_size(*rgb.shape[:2])
+        return to_model_input(rgb, size, self.clip.mean, self.clip.std)
+
+    def init_state(self) -> SegmentState:
+        """A fresh, empty stream state."""
+        return SegmentState(temporal=self.fusion.init_state() if self.fusion else None)
+
+    @torch.no_grad()
+    def step(
+        self, image: torch.Tensor, state: SegmentState, vocabulary: Vocabulary
+    ) -> tuple[torch.Tensor, SegmentState]:
+        """Class logits (N, gh, gw) of one prepared frame (1, 3, h, w), and the updated state."""
+        with autocast(self.device, self.precision):
+            feats = self.encoder.encode(image.to(self.device, non_blocking=True), self.window)[0]
+        feats = feats.float()
+        if self.fusion is not None and state.temporal is not None:
+            feats, state.temporal = self.fusion(feats, state.temporal)
+        text = vocabulary.embeddings.to(feats.device, torch.float32)
+        logits = self.logit_scale * torch.einsum("ne,ehw->nhw", text, feats)
+        state.frames += 1
+        return logits, state
+
+    def describe(self) -> dict[str, Any]:
+        """What produced the results, for meta.json."""
+        fusion = None
+        if self.fusion is not None:
+            f = self.fusion
+            fusion = {
+                "strength": f.strength, "history": f.history, "radius": f.radius,
+                "temperature": f.temperature, "scene_cut": f.scene_cut,
+            }  # fmt: skip
+        return {
+            "kind": self.kind,
+            "clip": self.clip.arch,
+            "pretrained": self.clip.pretrained,
+            "weights": self.clip.weights,
+            "random_weights": self.clip.random_init,
+            "dense_method": self.encoder.method,
+            "size": self.size,
+            "window": self.window,
+            "templates": self.templates,
+            "temporal_fusion": fusion,
+            "device": str(self.device),
+            "precision": self.precision,
+        }
+
+
+def load_model(config: SegmentConfig | None = None, **overrides: Any) -> TrainingFreeSegmenter:
+    """Load CLIP and build the segmenter from a config (defaults: ViT-B-16, OpenAI weights)."""
+    from ovseg_cli.config import from_mapping, to_dict
+
+    cfg = config or SegmentConfig()
+    if overrides:
+        cfg = from_mapping(SegmentConfig, {**to_dict(cfg), **overrides}, source="load_model")
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    clip = load_clip(cfg.clip, cfg.pretrained, device=str(device))
+    fusion = None
+    if cfg.temporal and cfg.temporal_strength > 0:
+        fusion = TemporalFusion(
+            strength=cfg.temporal_strength,
+            history=cfg.temporal_history,
+            radius=cfg.temporal_radius,
+            scene_cut=cfg.scene_cut,
+        )
+    return TrainingFreeSegmenter(
+        clip,
+        dense_method=cfg.dense_method,
+        size=cfg.size,
+        window=cfg.window,
+        fusion=fusion,
+        templates=cfg.templates,
+        device=device,
+        precision=precision,
+    )

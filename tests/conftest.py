@@ -1,0 +1,57 @@
+"""Shared fixtures: a tiny random CLIP saved to a file, small synthetic videos, shared data."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/video_factory.py
+
+from video_factory import make_video
+
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def shared_file(*parts: str) -> Path:
+    """A file of ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not present: {path}")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _offline_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may reach a model hub: these machines have none."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    logging.getLogger("ovseg").setLevel(logging.ERROR)  # random-weight warnings are expected
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random ovseg-tiny CLIP weights saved as safetensors (exercises the real file loading path)."""
+    from ovseg_cli.clip_loading import save_random_weights
+
+    return save_random_weights(
+        "ovseg-tiny", tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_weights: Path):
+    """A training-free segmenter on the tiny CLIP, shared by tests (it is stateless)."""
+    from ovseg_cli.config import SegmentConfig
+    from ovseg_cli.segmenter import load_model
+
+    return load_model(SegmentConfig(clip="ovseg-tiny", pretrained=str(tiny_weights), device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def small_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 frames of 96x64 at 30000/1001 fps with an AAC audio track."""
+    path = tmp_path_factory.mktemp("videos") / "small.mp4"
+    return make_video(path, frames=12, size=(96, 64), rate=Fraction(30000, 1001), audio=True)

@@ -1,0 +1,187 @@
+"""Tiny synthetic media files written with PyAV, for tests that need real video input."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+SQUARE = 12  # side of the moving square in pixels
+SQUARE_RGB = (255, 255, 40)
+
+
+def expected_frame(index: int, size: tuple[int, int] = (64, 48)) -> np.ndarray:
+    """Frame `index` of the "moving_square" pattern: (H, W, 3) uint8 for size (W, H)."""
+    width, height = size
+    x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
+    y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
+    rgb = np.empty((height, width, 3), np.uint8)
+    rgb[..., 0] = x
+    rgb[..., 1] = y
+    rgb[..., 2] = (40 + 13 * index) % 200
+    left, top = square_position(index, size)
+    rgb[top : top + SQUARE, left : left + SQUARE] = SQUARE_RGB
+    return rgb
+
+
+def square_position(index: int, size: tuple[int, int] = (64, 48)) -> tuple[int, int]:
+    """Top-left (x, y) of the square in frame `index`: 3 px right and 2 px down per frame."""
+    width, height = size
+    return (3 * index) % max(1, width - SQUARE), (2 * index) % max(1, height - SQUARE)
+
+
+def corner_marker_frame(size: tuple[int, int] = (64, 48)) -> np.ndarray:
+    """A grey frame with a red block in the top-left corner, to check rotation direction."""
+    width, height = size
+    rgb = np.full((height, width, 3), 128, np.uint8)
+    rgb[: height // 4, : width // 4] = (230, 20, 20)
+    return rgb
+
+
+def _rotation_matrix(clockwise: int) -> list[int]:
+    """QuickTime/ffmpeg display matrix that shows the picture turned `clockwise` degrees."""
+    cos, sin = {0: (1, 0), 90: (0, 1), 180: (-1, 0), 270: (0, -1)}[clockwise % 360]
+    one = 1 << 16  # a, b, c, d are 16.16 fixed point; w is 2.30
+    # Rows (a b u), (c d v), (x y w) map (x, y) to (a*x + c*y, b*x + d*y) before translation:
+    # for 90 that is (-y, x), a clockwise quarter turn in y-down image coordinates.
+    return [cos * one, sin * one, 0, -sin * one, cos * one, 0, 0, 0, 1 << 30]
+
+
+def _add_audio(container: av.container.OutputContainer, codec: str, rate: int) -> av.AudioStream:
+    return container.add_stream(codec, rate=rate, layout="mono")
+
+
+def _tone(start: int, count: int, rate: int, codec: str) -> av.AudioFrame:
+    t = np.arange(start, start + count) / rate
+    wave = 0.3 * np.sin(2 * np.pi * 440.0 * t)
+    if codec.startswith("pcm_s16"):
+        frame = av.AudioFrame.from_ndarray(
+            (wave * 32767).astype(np.int16)[None], format="s16", layout="mono"
+        )
+    else:
+        frame = av.AudioFrame.from_ndarray(
+            wave.astype(np.float32)[None], format="fltp", layout="mono"
+        )
+    frame.sample_rate = rate
+    frame.pts = start
+    frame.time_base = Fraction(1, rate)
+    return frame
+
+
+def _write_audio(
+    container: av.container.OutputContainer,
+    stream: av.AudioStream,
+    seconds: float,
+    codec: str,
+    rate: int,
+) -> None:
+    total = round(seconds * rate)
+    chunk = 1024
+    for start in range(0, total, chunk):
+        container.mux(stream.encode(_tone(start, min(chunk, total - start), rate, codec)))
+    container.mux(stream.encode(None))
+
+
+def make_video(
+    path: str | Path,
+    *,
+    frames: int = 12,
+    size: tuple[int, int] = (64, 48),
+    rate: Fraction | int = Fraction(30000, 1001),
+    audio: bool = False,
+    audio_codec: str = "aac",
+    codec: str = "libx264",
+    pattern: str = "moving_square",
+    rotate: int | None = None,
+    pts: Sequence[int] | None = None,
+    time_base: Fraction | None = None,
+    container_format: str | None = None,
+    gop: int | None = None,
+    bframes: int = 0,
+) -> Path:
+    """Write a small video whose frame i is expected_frame(i) (or corner_marker_frame()).
+
+    `rotate` stores a display matrix asking players to turn the picture that many degrees
+    clockwise (like a phone's portrait clip); `pts` + `time_base` give variable frame timing;
+    `bframes` turns on frame reordering (in AVI that leaves the demuxer guessing pts).
+    Odd sizes are encoded as yuv444p, which H.264 allows, so readers see the exact size.
+    """
+    if pattern not in ("moving_square", "corner"):
+        raise ValueError(f"unknown pattern {pattern!r}: use 'moving_square' or 'corner'")
+    path = Path(path)
+    rate = Fraction(rate)
+    time_base = time_base or 1 / rate
+    pts = list(pts) if pts is not None else [round(i / rate / time_base) for i in range(frames)]
+    width, height = size
+    odd = width % 2 or height % 2
+    with av.open(str(path), mode="w", format=container_format) as out:
+        options = {"preset": "ultrafast", "crf": "12"} if codec == "libx264" else {}
+        if gop:
+            options["g"] = str(gop)
+        if bframes and codec == "libx264":
+            options["bf"] = str(bframes)
+        video = out.add_stream(codec, rate=rate, options=options)
+        video.width, video.height = width, height
+        video.pix_fmt = "yuv444p" if odd else "yuv420p"
+        video.codec_context.time_base = time_base
+        if rotate:
+            video.set_display_matrix(_rotation_matrix(rotate))
+        audio_stream = _add_audio(out, audio_codec, 44100) if audio else None
+        for i, ts in enumerate(pts):
+            rgb = corner_marker_frame(size) if pattern == "corner" else expected_frame(i, size)
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = ts, time_base
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        if audio_stream is not None:
+            seconds = float((pts[-1] - pts[0]) * time_base) + float(1 / rate) if pts else 1.0
+            _write_audio(out, audio_stream, seconds, audio_codec, 44100)
+    return path
+
+
+def make_vfr_video(
+    path: str | Path, times_ms: Sequence[int] = (0, 40, 80, 200, 233, 266, 500, 540, 1000)
+) -> Path:
+    """Write an H.264 mp4 whose frames sit at the given millisecond times (irregular gaps)."""
+    rate = Fraction(len(times_ms) * 1000, max(1, times_ms[-1] + 40))
+    return make_video(path, pts=times_ms, time_base=Fraction(1, 1000), rate=rate)
+
+
+def make_audio_only(path: str | Path, seconds: float = 1.0) -> Path:
+    """Write a sine tone: AAC for .m4a/.mp4/.aac, 16-bit PCM for .wav."""
+    path = Path(path)
+    codec = "pcm_s16le" if path.suffix.lower() == ".wav" else "aac"
+    with av.open(str(path), mode="w") as out:
+        _write_audio(out, _add_audio(out, codec, 44100), seconds, codec, 44100)
+    return path
+
+
+def make_empty_video(path: str | Path) -> Path:
+    """Write a Matroska file with an H.264 video track and no frames at all."""
+    path = Path(path)
+    with av.open(str(path), mode="w", format="matroska") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        out.start_encoding()
+    return path
+
+
+def make_text_file(path: str | Path) -> Path:
+    """Write plain text under a video-looking name."""
+    path = Path(path)
+    path.write_text("this is not a video\n" * 20)
+    return path
+
+
+def corrupt_middle(path: str | Path, fraction: float = 0.5, nbytes: int = 4000) -> Path:
+    """Overwrite `nbytes` in the middle of a file with seeded random bytes, in place."""
+    path = Path(path)
+    data = bytearray(path.read_bytes())
+    offset = int(len(data) * fraction)
+    noise = np.random.default_rng(1234).integers(0, 256, nbytes, dtype=np.uint8).tobytes()
+    data[offset : offset + nbytes] = noise[: max(0, len(data) - offset)]
+    path.write_bytes(bytes(data))
+    return path
