@@ -50,6 +50,8 @@ class Prefetcher(Generic[T]):
         return self
 
     def __next__(self) -> T:
+        if self._stop.is_set():
+            raise StopIteration  # closed by the consumer
         item = self._queue.get()
         if item is _DONE:
             self._thread.join()
