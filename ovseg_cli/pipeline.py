@@ -78,7 +78,7 @@ class SegmentationStream:
 
     def __init__(
         self,
-        video: str | Path,
+        video: str | Path | VideoReader,
         vocabulary: Vocabulary,
         model: TrainingFreeSegmenter,
         *,
@@ -87,7 +87,10 @@ class SegmentationStream:
     ) -> None:
         self.model = model
         self.vocabulary = vocabulary
-        self.reader = VideoReader(video, start=start, end=end)
+        if isinstance(video, VideoReader):
+            self.reader = video  # already opened (and checked) by the caller
+        else:
+            self.reader = VideoReader(video, start=start, end=end)
         self.info: VideoInfo = self.reader.info
         self.state: SegmentState = model.init_state()
         self._frames = Prefetcher(self._prepared(), depth=4)
@@ -150,9 +153,11 @@ def segment_video(
     if overrides:
         cfg = from_mapping(SegmentConfig, {**to_dict(cfg), **overrides}, source="segment_video")
     specs = resolve_classes(classes, classes_file)
-    from ovseg_cli.video_reader import probe_video
-
-    probe_video(video)  # a bad video fails before the model is loaded
-    model = model or load_model(cfg)
-    vocabulary = model.encode_vocabulary(specs)
-    return SegmentationStream(video, vocabulary, model, start=cfg.start, end=cfg.end)
+    reader = VideoReader(video, start=cfg.start, end=cfg.end)  # a bad video fails before loading
+    try:
+        model = model or load_model(cfg)
+        vocabulary = model.encode_vocabulary(specs)
+    except BaseException:
+        reader.close()
+        raise
+    return SegmentationStream(reader, vocabulary, model)

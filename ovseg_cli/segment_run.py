@@ -18,7 +18,7 @@ from ovseg_cli.classes import ClassSpec
 from ovseg_cli.config import SegmentConfig, to_dict
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.outputs import OutputFolder
-from ovseg_cli.video_reader import VideoInfo, probe_video
+from ovseg_cli.video_reader import VideoInfo, VideoReader
 
 MASK_FORMAT = "palette PNG, pixel value = class index, 255 = unlabelled"
 
@@ -81,8 +81,14 @@ def run_segment(
     """Segment ``video`` and write the output folder; nothing is left behind on failure."""
     if not (config.overlay or config.masks):
         raise OvsegError("nothing to write: --no-overlay needs --masks")
-    info = probe_video(video)  # cheap checks first: bad input fails before torch is imported
-    folder = OutputFolder(out or default_out_dir(video), overwrite=overwrite)
+    # cheap checks first: bad input fails before torch is even imported
+    reader = VideoReader(video, start=config.start, end=config.end)
+    info = reader.info
+    try:
+        folder = OutputFolder(out or default_out_dir(video), overwrite=overwrite)
+    except BaseException:
+        reader.close()
+        raise
 
     from ovseg_cli.pipeline import SegmentationStream
     from ovseg_cli.rendering import OverlayRenderer, labelmap_text, palette_bytes, save_palette_png
@@ -97,7 +103,7 @@ def run_segment(
         vocabulary = model.encode_vocabulary(classes)
         load_seconds = time.perf_counter() - t0
         names, colors = vocabulary.names, vocabulary.colors
-        stream = SegmentationStream(video, vocabulary, model, start=config.start, end=config.end)
+        stream = SegmentationStream(reader, vocabulary, model)
         if config.overlay:
             writer = VideoWriter(
                 folder.path / "overlay.mp4",
@@ -177,3 +183,4 @@ def run_segment(
     finally:
         if stream is not None:
             stream.close()
+        reader.close()
