@@ -6,22 +6,15 @@ Everything heavy (torch, open_clip, PyAV) is imported inside the commands, so th
 
 from __future__ import annotations
 
-import functools
-import logging
-import os
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import typer
 
 from ovseg_cli import __version__
+from ovseg_cli.cli_common import FrameProgress, console, friendly_errors, warn
 from ovseg_cli.config import SegmentConfig, default_text, help_text
-from ovseg_cli.errors import OvsegError
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 app = typer.Typer(
     help="Label every pixel of a video with classes you name, including ones no model was trained on.",
@@ -30,59 +23,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-def _console(stderr: bool = True) -> Any:
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False)
-
-
-def _error(message: str) -> None:
-    _console().print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
-
-
-def _warn(message: str) -> None:
-    _console().print(f"[bold yellow]warning:[/] {message}", soft_wrap=True)
-
-
-class _WarningHandler(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        _warn(record.getMessage())
-
-
-def _setup_logging() -> None:
-    log = logging.getLogger("ovseg")
-    if not any(isinstance(h, _WarningHandler) for h in log.handlers):
-        log.addHandler(_WarningHandler(level=logging.WARNING))
-    log.propagate = False
-
-
-def friendly_errors(fn: F) -> F:
-    """Turn OvsegError into one line and exit code 2; never show a traceback for bad input."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        _setup_logging()
-        try:
-            return fn(*args, **kwargs)
-        except OvsegError as exc:
-            _error(str(exc))
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            _error("interrupted; partial output removed")
-            raise typer.Exit(130) from None
-        except typer.Exit:
-            raise
-        except Exception as exc:
-            if os.environ.get("OVSEG_DEBUG"):
-                raise
-            _error(
-                f"internal error: {type(exc).__name__}: {exc} (set OVSEG_DEBUG=1 for the traceback)"
-            )
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _opt(name: str, *decls: str, **kwargs: Any) -> Any:
@@ -132,6 +72,7 @@ def segment(
     ),
     clip: str = _opt("clip", "--clip"),
     pretrained: str = _opt("pretrained", "--pretrained"),
+    checkpoint: str = _opt("checkpoint", "--checkpoint"),
     dense_method: str = _opt("dense_method", "--dense-method"),
     size: int = _opt("size", "--size"),
     window: int = _opt("window", "--window"),
@@ -141,6 +82,9 @@ def segment(
     temporal_history: int = _opt("temporal_history", "--temporal-history"),
     overlay: bool = _opt("overlay", "--overlay/--no-overlay"),
     masks: bool = _opt("masks", "--masks/--no-masks"),
+    export: str = _opt("export", "--export"),
+    background: str = _opt("background", "--background"),
+    threshold: float = _opt("threshold", "--threshold"),
     alpha: float = _opt("alpha", "--alpha"),
     start: float = _opt("start", "--start"),
     end: float = _opt("end", "--end"),
@@ -154,9 +98,11 @@ def segment(
 
     overrides = {
         "clip": clip, "pretrained": pretrained, "dense_method": dense_method, "size": size,
+        "checkpoint": checkpoint,
         "window": window, "templates": templates, "temporal": temporal,
         "temporal_strength": temporal_strength, "temporal_history": temporal_history,
         "overlay": overlay, "masks": masks, "alpha": alpha, "start": start, "end": end,
+        "export": export, "background": background, "threshold": threshold,
         "device": device, "precision": precision,
     }  # fmt: skip
     cfg = resolve(SegmentConfig, config, overrides)
@@ -164,7 +110,7 @@ def segment(
 
     from ovseg_cli.segment_run import run_segment
 
-    progress = None if quiet else _FrameProgress()
+    progress = None if quiet else FrameProgress("segment")
     try:
         run = run_segment(
             video,
@@ -172,67 +118,21 @@ def segment(
             cfg,
             out=out,
             overwrite=overwrite,
-            on_start=progress.start if progress else None,
-            on_frame=progress.advance if progress else None,
+            on_start=(lambda info, total: progress.start(total)) if progress else None,
+            on_frame=(lambda result: progress.advance()) if progress else None,
         )
     finally:
         if progress is not None:
             progress.stop()
     if run.skipped:
-        _warn(f"{run.skipped} frame(s) could not be decoded and were skipped (see meta.json)")
+        warn(f"{run.skipped} frame(s) could not be decoded and were skipped (see meta.json)")
     if not quiet:
-        written = [name for name in ("overlay.mp4", "masks/") if (run.out_dir / name).exists()]
-        _console().print(
+        names = ("overlay.mp4", "masks/", "cvat.zip", "coco.json", "stats.csv")
+        written = [name for name in names if (run.out_dir / name).exists()]
+        console().print(
             f"[green]done:[/] {run.frames} frames in {run.segment_seconds:.1f} s "
             f"({run.fps:.2f} fps) -> {run.out_dir} ({', '.join([*written, 'meta.json'])})"
         )
-
-
-class _FrameProgress:
-    """A rich progress bar: frames done / total and frames per second."""
-
-    def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("[bold]segment[/]"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("frames"),
-            TextColumn("{task.fields[fps]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=_console(),
-            transient=False,
-        )
-        self.task: Any = None
-        self.t0 = 0.0
-        self.done = 0
-
-    def start(self, info: Any, total: int | None) -> None:
-        self.progress.start()
-        self.task = self.progress.add_task("segment", total=total, fps="")
-        self.t0 = time.perf_counter()
-
-    def advance(self, result: Any) -> None:
-        self.done += 1
-        rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
-        self.progress.update(self.task, advance=1, fps=f"{rate:.2f} fps")
-
-    def stop(self) -> None:
-        if self.task is None:
-            return  # never started: stopping would print an empty line
-        total = self.progress.tasks[0].total
-        if total is not None and self.done != total:  # the estimate was off: end at 100%
-            self.progress.update(self.task, total=self.done)
-        self.progress.stop()
 
 
 @app.command()
@@ -242,8 +142,17 @@ def models(
         False, "--all", help="Also list architectures ovseg cannot run densely."
     ),
     cached: bool = typer.Option(False, "--cached", help="Only weights already in the local cache."),
+    checkpoint: Path = typer.Option(
+        None, "--checkpoint", help="Describe a trained checkpoint: parameters and cost per module."
+    ),
+    pretrained: str = typer.Option(
+        None, "--pretrained", help="With --checkpoint: where its CLIP weights are (e.g. a file)."
+    ),
 ) -> None:
     """List CLIP architectures and pretrained tags, marking those already in the local cache."""
+    if checkpoint is not None:
+        _describe_checkpoint(checkpoint, pretrained)
+        return
     import open_clip
     from huggingface_hub import constants
     from rich.table import Table
@@ -278,13 +187,60 @@ def models(
         if all_archs:
             row.append("yes" if dense_capable(cfg) else "no")
         table.add_row(*row)
-    console = _console(stderr=False)
-    console.print(table)
-    console.print(
+    out = console(stderr=False)
+    out.print(table)
+    out.print(
         f"Weights cache: {constants.HF_HUB_CACHE} (Hugging Face) and {URL_CACHE}.\n"
         "Offline, pass a local file instead: --pretrained /path/to/open_clip_model.safetensors; "
         "'--pretrained none' gives random weights (tests and benchmarks only)."
     )
+
+
+def _describe_checkpoint(checkpoint: Path, pretrained: str | None) -> None:
+    """Parameters (total, trainable) per module and GFLOPs per paper section of one frame."""
+    from rich.table import Table
+
+    from ovseg_cli.config import SegmentConfig
+    from ovseg_cli.model.summary import model_report
+    from ovseg_cli.segmenter import load_model
+
+    seg = load_model(SegmentConfig(checkpoint=str(checkpoint), pretrained=pretrained, device="cpu"))
+    report = model_report(seg)
+    out = console(stderr=False)
+    meta = seg.meta
+    out.print(
+        f"[bold]{checkpoint}[/]: OV2VSS, CLIP {meta['clip']['arch']}/{meta['clip']['pretrained']}, "
+        f"step {meta.get('step')}, {len(meta['classes'])} training classes, "
+        f"backbone {seg.cfg.backbone}"
+    )
+    params = Table(title="parameters")
+    params.add_column("module")
+    params.add_column("total", justify="right")
+    params.add_column("trainable", justify="right")
+    groups = report["parameters"]
+    for name, g in groups.items():
+        params.add_row(name, f"{g['total']:,}", f"{g['trainable']:,}")
+    params.add_row(
+        "[bold]all[/]",
+        f"{sum(g['total'] for g in groups.values()):,}",
+        f"{sum(g['trainable'] for g in groups.values()):,}",
+    )
+    out.print(params)
+    h, w = report["input"]
+    cost = Table(title=f"cost of one streaming step (1280x720 frame seen at {w}x{h}, 10 classes)")
+    cost.add_column("section")
+    cost.add_column("GFLOPs", justify="right")
+    for name, g in report["gflops_per_frame"].items():
+        cost.add_row(name, f"{g:.2f}")
+    out.print(cost)
+
+
+# commands defined in their own modules
+from ovseg_cli.eval_cli import eval_command  # noqa: E402
+from ovseg_cli.prep_cli import prep_app  # noqa: E402
+
+app.add_typer(prep_app, name="prep")
+app.command("eval")(eval_command)
 
 
 def main() -> None:

@@ -246,6 +246,15 @@ def _create(name: str, **kwargs: Any) -> Any:
         return open_clip.create_model(name, device="cpu", **kwargs)
 
 
+def _create_random(arch: str, seed: int = 0) -> Any:
+    """Random weights from a fixed seed: a model trained on them can be rebuilt exactly."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _create(arch)
+
+
 def _load_file(arch: str, path: Path, **kwargs: Any) -> Any:
     """Build ``arch`` and load a local weights file into it, refusing anything else."""
     try:
@@ -318,7 +327,7 @@ def _load_arch(arch: str, pretrained: str, cache_dir: str | None) -> tuple[Any, 
     path = Path(pretrained).expanduser()
     tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained) or {}
     if pretrained.lower() == RANDOM_WEIGHTS:
-        return _create(arch), "random", arch
+        return _create_random(arch), "random", arch
     if tag_cfg:
         kwargs: dict[str, Any] = {"force_preprocess_cfg": _preprocess_of(tag_cfg)}
         if tag_cfg.get("quick_gelu") and not arch_cfg.get("quick_gelu"):
@@ -415,11 +424,9 @@ def _check_dense_model(model: Any, name: str) -> None:
 def save_random_weights(arch: str, path: str | Path, seed: int = 0) -> Path:
     """Save a randomly initialised open_clip model to a local file (tests, benchmarks)."""
     register_project_configs()
-    import torch
     from safetensors.torch import save_file
 
-    torch.manual_seed(seed)
-    model = _create(arch)
+    model = _create_random(arch, seed)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     out = Path(path)
     save_file(state, str(out))

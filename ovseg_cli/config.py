@@ -44,19 +44,31 @@ def default_text(cls: type, name: str) -> str:
 class SegmentConfig:
     """Settings of `ovseg segment` (and of `segment_video` in the library)."""
 
-    clip: str = setting("ViT-B-16", "CLIP architecture: an open_clip name, or hf-hub:ORG/NAME.")
-    pretrained: str = setting(
-        "openai",
-        "CLIP weights: an open_clip tag, a local file or folder, hf-hub:ORG/NAME, "
-        "or 'none' for random weights (tests and benchmarks only).",
+    clip: str | None = setting(
+        None,
+        "CLIP architecture: an open_clip name, or hf-hub:ORG/NAME "
+        "(default: ViT-B-16, or the checkpoint's).",
+    )
+    pretrained: str | None = setting(
+        None,
+        "CLIP weights: an open_clip tag, a local file or folder, hf-hub:ORG/NAME, or 'none' for "
+        "random weights, for tests and benchmarks (default: openai, or the checkpoint's).",
+    )
+    checkpoint: str | None = setting(
+        None,
+        "Trained OV2VSS checkpoint (NAME.safetensors with NAME.json); without one, "
+        "segmentation is training-free.",
     )
     dense_method: str = setting(
         "clearclip",
-        "Training-free change to CLIP's last block that makes its patch features dense.",
+        "Training-free change to CLIP's last block that makes its patch features dense "
+        "(a checkpoint uses its own).",
         choices=("clearclip", "naclip", "sclip", "maskclip", "vanilla"),
     )
     size: int | None = setting(
-        None, "Short side in pixels of the image the model sees (default: the CLIP's native size)."
+        None,
+        "Short side in pixels of the image the model sees (default: the CLIP's native size, "
+        "or the checkpoint's).",
     )
     window: int | None = setting(
         None,
@@ -79,6 +91,21 @@ class SegmentConfig:
     )
     overlay: bool = setting(True, "Write overlay.mp4.")
     masks: bool = setting(False, "Write masks/NNNNNN.png palette masks and labelmap.txt.")
+    export: tuple[str, ...] | None = setting(
+        None,
+        "Annotation-tool exports, comma-separated: cvat (cvat.zip, CVAT Segmentation mask 1.1), "
+        "coco (coco.json, RLE masks), stats (stats.csv, pixels per class and frame).",
+    )
+    background: str | None = setting(
+        None,
+        "Add a catch-all class with this name (last index); 'NAME: #rrggbb, prompt, ...' "
+        "sets its colour and prompts.",
+    )
+    threshold: float | None = setting(
+        None,
+        "Leave pixels unlabelled (255, transparent, not exported) when their best class "
+        "probability (softmax over the classes) is below this.",
+    )
     alpha: float = setting(0.5, "Opacity of the class colours in the overlay.")
     start: float = setting(0.0, "Start of the range to segment, in seconds.")
     end: float | None = setting(None, "End of the range to segment, in seconds (exclusive).")
@@ -89,6 +116,23 @@ class SegmentConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+
+
+@dataclass
+class EvalConfig:
+    """Settings of `ovseg eval` (and of validation during training)."""
+
+    split: str = setting("unseen", "Classes to evaluate (IV-C).", choices=("unseen", "seen", "all"))
+    data_split: str = setting("val", "Videos to evaluate.", choices=("train", "val", "test"))
+    limit_videos: int | None = setting(None, "Evaluate only the first N videos.")
+    vc: tuple[int, ...] = setting((8, 16), "Window sizes of the temporal consistency VC_n.")
+    size: int | None = setting(
+        None, "Short side the model sees (default: each frame's original size, as in IV-B)."
+    )
+    classes_file: str | None = setting(
+        None, "Prompts for the dataset's class names ('name: prompt, prompt' lines)."
+    )
+    examples: int = setting(4, "Qualitative images (frame | prediction | ground truth) to save.")
 
 
 def validate(cfg: Any) -> None:
@@ -122,6 +166,14 @@ def _check_segment(cfg: SegmentConfig) -> None:
         raise OvsegError(f"start must be >= 0 seconds, not {cfg.start}")
     if cfg.end is not None and cfg.end <= cfg.start:
         raise OvsegError(f"end ({cfg.end} s) must be after start ({cfg.start} s)")
+    if cfg.threshold is not None and not 0.0 < cfg.threshold < 1.0:
+        raise OvsegError(f"threshold must be between 0 and 1 (exclusive), not {cfg.threshold}")
+    if cfg.background is not None and not cfg.background.strip():
+        raise OvsegError("background must be a class name, not empty")
+    if cfg.export is not None:
+        from ovseg_cli.exports import parse_exports
+
+        cfg.export = tuple(parse_exports(cfg.export)) or None  # lower case, no repeats
 
 
 def _field_types(cls: type) -> dict[str, Any]:

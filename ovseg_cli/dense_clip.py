@@ -223,6 +223,17 @@ def model_input_size(height: int, width: int, short_side: int, patch: int) -> tu
     return h, w
 
 
+def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An (H, W, 3) uint8 frame resized to (h, w) (bicubic), as a new writable array."""
+    from PIL import Image
+
+    h, w = size
+    img = Image.fromarray(rgb)
+    if img.size != (w, h):
+        img = img.resize((w, h), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return np.array(img)
+
+
 def to_model_input(
     rgb: np.ndarray,
     size: tuple[int, int],
@@ -230,13 +241,7 @@ def to_model_input(
     std: Sequence[float],
 ) -> torch.Tensor:
     """Resize an (H, W, 3) uint8 frame to (h, w) and normalise it to a (1, 3, h, w) tensor."""
-    from PIL import Image
-
-    h, w = size
-    img = Image.fromarray(rgb)
-    if img.size != (w, h):
-        img = img.resize((w, h), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float().div_(255.0)
+    x = torch.from_numpy(resize_rgb(rgb, size)).permute(2, 0, 1).float().div_(255.0)
     m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
     return x.sub_(m).div_(s).unsqueeze(0)

@@ -74,13 +74,13 @@ class TrainingFreeSegmenter:
         with autocast(self.device, self.precision):
             return encode_vocabulary(self.clip, classes, templates_named(self.templates))
 
-    def input_size(self, height: int, width: int) -> tuple[int, int]:
-        """The (h, w) a frame of this size is resized to."""
-        return model_input_size(height, width, self.size, self.encoder.patch)
+    def input_size(self, height: int, width: int, short_side: int | None = None) -> tuple[int, int]:
+        """The (h, w) a frame of this size is resized to (short side ``size`` by default)."""
+        return model_input_size(height, width, short_side or self.size, self.encoder.patch)
 
-    def prepare(self, rgb: np.ndarray) -> torch.Tensor:
+    def prepare(self, rgb: np.ndarray, short_side: int | None = None) -> torch.Tensor:
         """Resize and normalise an (H, W, 3) uint8 frame; safe to call from a reader thread."""
-        size = self.input_size(*rgb.shape[:2])
+        size = self.input_size(*rgb.shape[:2], short_side)
         return to_model_input(rgb, size, self.clip.mean, self.clip.std)
 
     def init_state(self) -> SegmentState:
@@ -127,8 +127,13 @@ class TrainingFreeSegmenter:
         }
 
 
-def load_model(config: SegmentConfig | None = None, **overrides: Any) -> TrainingFreeSegmenter:
-    """Load CLIP and build the segmenter from a config (defaults: ViT-B-16, OpenAI weights)."""
+DEFAULT_CLIP = "ViT-B-16"  # the paper's text encoder
+DEFAULT_PRETRAINED = "openai"
+
+
+def load_model(config: SegmentConfig | None = None, **overrides: Any) -> Any:
+    """Load CLIP and build the segmenter from a config: the trained OV2VSS model when
+    ``checkpoint`` is set, else the training-free one (defaults: ViT-B-16, OpenAI weights)."""
     from ovseg_cli.config import from_mapping, to_dict
 
     cfg = config or SegmentConfig()
@@ -136,7 +141,11 @@ def load_model(config: SegmentConfig | None = None, **overrides: Any) -> Trainin
         cfg = from_mapping(SegmentConfig, {**to_dict(cfg), **overrides}, source="load_model")
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    clip = load_clip(cfg.clip, cfg.pretrained, device=str(device))
+    if cfg.checkpoint:
+        return _load_trained(cfg, device, precision)
+    clip = load_clip(
+        cfg.clip or DEFAULT_CLIP, cfg.pretrained or DEFAULT_PRETRAINED, device=str(device)
+    )
     fusion = None
     if cfg.temporal and cfg.temporal_strength > 0:
         fusion = TemporalFusion(
@@ -154,4 +163,25 @@ def load_model(config: SegmentConfig | None = None, **overrides: Any) -> Trainin
         templates=cfg.templates,
         device=device,
         precision=precision,
+    )
+
+
+def _load_trained(cfg: SegmentConfig, device: torch.device, precision: str) -> Any:
+    from ovseg_cli.errors import OvsegError
+    from ovseg_cli.model.checkpoint import load_checkpoint
+    from ovseg_cli.model.streaming import OV2VSSSegmenter
+
+    model, clip, meta = load_checkpoint(
+        cfg.checkpoint, clip_arch=cfg.clip, pretrained=cfg.pretrained, device=str(device)
+    )
+    if cfg.size is not None and cfg.size % model.cfg.multiple:
+        raise OvsegError(f"--size must be a multiple of {model.cfg.multiple} for this checkpoint")
+    return OV2VSSSegmenter(
+        model,
+        clip,
+        size=cfg.size,
+        device=device,
+        precision=precision,
+        checkpoint=str(cfg.checkpoint),
+        meta=meta,
     )

@@ -55,3 +55,33 @@ def small_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 frames of 96x64 at 30000/1001 fps with an AAC audio track."""
     path = tmp_path_factory.mktemp("videos") / "small.mp4"
     return make_video(path, frames=12, size=(96, 64), rate=Fraction(30000, 1001), audio=True)
+
+
+def tiny_model_config(**overrides):
+    """An OV2VSS config small enough for CPU tests, on the tiny random CLIP."""
+    from ovseg_cli.model.config import ModelConfig
+
+    base = dict(
+        clip="ovseg-tiny", pretrained="none", dim=16, pool_sizes=(1, 2, 4), regions=4,
+        text_heads=2, cost_dim=8, guidance_dim=8, size=64,
+    )  # fmt: skip
+    return ModelConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained OV2VSS checkpoint on the tiny random CLIP (seeded, so reproducible)."""
+    import torch
+
+    from ovseg_cli.clip_loading import load_clip
+    from ovseg_cli.model.checkpoint import save_checkpoint
+    from ovseg_cli.model.ov2vss import OV2VSS
+
+    torch.manual_seed(0)
+    clip = load_clip("ovseg-tiny", "none")
+    model = OV2VSS(tiny_model_config(), clip)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_checkpoint(
+        path, model, clip, classes=["road", "sky"], split={"seen": [0, 1], "unseen": []}
+    )
+    return path.with_suffix(".safetensors")

@@ -11,9 +11,12 @@ from ovseg_cli.errors import OvsegError
 
 
 def test_defaults_follow_the_paper() -> None:
+    from ovseg_cli.segmenter import DEFAULT_CLIP, DEFAULT_PRETRAINED
+
     cfg = SegmentConfig()
-    assert cfg.clip == "ViT-B-16" and cfg.pretrained == "openai"
-    assert cfg.temporal and cfg.overlay and not cfg.masks
+    assert cfg.clip is None and cfg.pretrained is None  # ViT-B-16/openai, or the checkpoint's
+    assert (DEFAULT_CLIP, DEFAULT_PRETRAINED) == ("ViT-B-16", "openai")
+    assert cfg.temporal and cfg.overlay and not cfg.masks and cfg.checkpoint is None
 
 
 def test_yaml_then_overrides(tmp_path: Path) -> None:

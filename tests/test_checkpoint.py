@@ -1,0 +1,108 @@
+"""Checkpoints: round trip, metadata, and clear errors for anything that does not match."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_model_config
+
+from ovseg_cli.clip_loading import load_clip
+from ovseg_cli.errors import OvsegError
+from ovseg_cli.model.checkpoint import (
+    checkpoint_paths,
+    load_checkpoint,
+    read_metadata,
+    save_checkpoint,
+)
+from ovseg_cli.model.ov2vss import OV2VSS
+from ovseg_cli.prompts import encode_texts
+
+
+def _copy(ckpt: Path, dst: Path) -> Path:
+    w, m = checkpoint_paths(ckpt)
+    (dst / w.name).write_bytes(w.read_bytes())
+    (dst / m.name).write_bytes(m.read_bytes())
+    return dst / w.name
+
+
+def test_round_trip_gives_the_same_model(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    clip = load_clip("ovseg-tiny", "none")
+    model = OV2VSS(tiny_model_config(), clip).eval()
+    w, m = save_checkpoint(tmp_path / "run" / "last", model, clip, classes=["a", "b"], step=7)
+    assert (w.name, m.name) == ("last.safetensors", "last.json")
+    meta = json.loads(m.read_text())
+    assert (
+        meta["step"] == 7 and meta["classes"] == ["a", "b"] and meta["clip"]["arch"] == "ovseg-tiny"
+    )
+    assert meta["model_config"]["dim"] == 16 and len(meta["templates"]) == 14
+    assert not any(
+        k.startswith("encoder.clip")
+        for k in __import__("safetensors.torch").torch.load_file(str(w))
+    )
+
+    loaded, _, meta2 = load_checkpoint(tmp_path / "run" / "last.json")
+    frames = torch.randint(0, 256, (1, 4, 3, 64, 64), dtype=torch.uint8)
+    distant = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
+    text = encode_texts(clip, ["a", "b"])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded(frames, distant, text).logits, model(frames, distant, text).logits
+        )
+    assert meta2["step"] == 7
+
+
+def test_random_clip_is_rebuilt_from_its_seed(tiny_checkpoint: Path) -> None:
+    _, clip, _ = load_checkpoint(tiny_checkpoint)  # the tiny CLIP with pretrained "none"
+    assert clip.random_init
+
+
+def test_missing_and_malformed_files(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(OvsegError, match="checkpoint file not found"):
+        load_checkpoint(tmp_path / "nothing.safetensors")
+
+    bad_json = _copy(tiny_checkpoint, tmp_path)
+    checkpoint_paths(bad_json)[1].write_text("{not json")
+    with pytest.raises(OvsegError, match="not valid checkpoint metadata"):
+        read_metadata(bad_json)
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    other = _copy(tiny_checkpoint, foreign)
+    checkpoint_paths(other)[1].write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(OvsegError, match="not an OV2VSS checkpoint"):
+        load_checkpoint(other)
+
+    trunc = tmp_path / "trunc"
+    trunc.mkdir()
+    cut = _copy(tiny_checkpoint, trunc)
+    cut.write_bytes(cut.read_bytes()[:500])
+    with pytest.raises(OvsegError, match="truncated or not a safetensors file"):
+        load_checkpoint(cut)
+
+
+def test_config_mismatch_says_what_differs(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    ckpt = _copy(tiny_checkpoint, tmp_path)
+    meta_path = checkpoint_paths(ckpt)[1]
+    meta = json.loads(meta_path.read_text())
+    meta["model_config"]["dim"] = 24
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(
+        OvsegError, match=r"does not match the model its metadata describes: .*shape"
+    ):
+        load_checkpoint(ckpt)
+
+
+def test_other_clip_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(OvsegError, match="trained with CLIP ovseg-tiny, not ViT-B-16"):
+        load_checkpoint(tiny_checkpoint, clip_arch="ViT-B-16")
+    from ovseg_cli.clip_loading import save_random_weights
+
+    other = save_random_weights("ovseg-tiny", tmp_path / "other.safetensors", seed=5)
+    with pytest.raises(OvsegError, match="trained on other CLIP weights"):
+        load_checkpoint(tiny_checkpoint, pretrained=str(other))
+    same = save_random_weights("ovseg-tiny", tmp_path / "same.safetensors", seed=0)
+    load_checkpoint(tiny_checkpoint, pretrained=str(same))  # the same weights from a file: fine
