@@ -144,6 +144,36 @@ def read_classes_file(path: str | Path) -> list[ClassSpec]:
     return _validated(specs, str(p))
 
 
+def background_class(text: str) -> ClassSpec:
+    """The catch-all class of ``--background``: ``NAME`` or ``NAME: [#rrggbb,] prompt, ...``.
+
+    With no prompts of its own it is described by its name and the word "background"
+    (both averaged like any class's prompts).
+    """
+    spec = parse_class_line(text, "--background")
+    if spec is None:
+        raise OvsegError("--background is empty: give the name of the catch-all class")
+    if spec.prompts:
+        return spec
+    generic = () if _key(spec.name) == "background" else ("background",)
+    return ClassSpec(spec.name, (spec.name, *generic), spec.color)
+
+
+def with_background(specs: Sequence[ClassSpec], background: str | None) -> list[ClassSpec]:
+    """The classes with the ``--background`` catch-all class appended (last index), if any."""
+    specs = list(specs)
+    if background is None:
+        return specs
+    extra = background_class(background)
+    for s in specs:
+        if _key(s.name) == _key(extra.name):
+            raise OvsegError(
+                f"--background {extra.name!r} is already one of the classes; "
+                "name the catch-all class differently"
+            )
+    return _validated([*specs, extra], "--background")
+
+
 def resolve_classes(
     classes: str | Sequence[str | ClassSpec] | None, classes_file: str | Path | None
 ) -> list[ClassSpec]:

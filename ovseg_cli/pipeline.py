@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ovseg_cli.classes import ClassSpec, resolve_classes
+from ovseg_cli.classes import UNLABELLED, ClassSpec, resolve_classes, with_background
 from ovseg_cli.config import SegmentConfig, from_mapping, to_dict
 from ovseg_cli.prompts import Vocabulary
 from ovseg_cli.segmenter import SegmentState, TrainingFreeSegmenter, load_model
@@ -35,7 +35,7 @@ class FrameResult:
     time: float  # seconds since the start of the video
     pts: int  # presentation time stamp in the video stream's time base
     frame: np.ndarray  # (H, W, 3) uint8 RGB, upright
-    mask: np.ndarray  # (H, W) uint8 class indices into the vocabulary
+    mask: np.ndarray  # (H, W) uint8 class indices into the vocabulary; 255 = unlabelled
     logits: torch.Tensor  # (N, gh, gw) float32 class scores at the model's resolution
 
 
@@ -53,12 +53,20 @@ def _interp_matrix(n_in: int, n_out: int, device: str) -> torch.Tensor:
     return m.to(device)
 
 
-def logits_to_mask(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+def logits_to_mask(
+    logits: torch.Tensor, size: tuple[int, int], threshold: float | None = None
+) -> np.ndarray:
     """Upsample (N, gh, gw) logits bilinearly to (H, W) and take the best class per pixel.
 
     Bilinear upsampling is separable, so each class map is two small matrix products; the
     best class is kept with a running maximum, one class at a time. On a CPU this is ~15x
     faster than F.interpolate + argmax(dim=0) and never holds all N full-size maps.
+
+    With a ``threshold``, pixels whose best class probability (softmax over the classes)
+    is below it become 255 (unlabelled). The probability is computed at the model's
+    resolution and its maximum upsampled bilinearly like the logits: one more small map,
+    not N full-size softmaxes; near class borders it can differ slightly from the
+    per-pixel softmax of the upsampled logits.
     """
     logits = logits.float()
     dev = str(logits.device)
@@ -70,6 +78,9 @@ def logits_to_mask(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
         score = wy @ logits[c] @ wx_t
         label.masked_fill_(score > best, c)  # strict: ties keep the lower index, like argmax
         torch.maximum(best, score, out=best)
+    if threshold is not None:
+        confidence = torch.softmax(logits, dim=0).amax(dim=0)
+        label.masked_fill_(wy @ confidence @ wx_t < threshold, UNLABELLED)
     return label.cpu().numpy()
 
 
@@ -84,9 +95,11 @@ class SegmentationStream:
         *,
         start: float = 0.0,
         end: float | None = None,
+        threshold: float | None = None,
     ) -> None:
         self.model = model
         self.vocabulary = vocabulary
+        self.threshold = threshold  # best-class probability below which a pixel is unlabelled
         if isinstance(video, VideoReader):
             self.reader = video  # already opened (and checked) by the caller
         else:
@@ -118,7 +131,7 @@ class SegmentationStream:
             raise
         logits, self.state = self.model.step(image, self.state, self.vocabulary)
         logits = logits.float()
-        mask = logits_to_mask(logits, frame.rgb.shape[:2])
+        mask = logits_to_mask(logits, frame.rgb.shape[:2], self.threshold)
         return FrameResult(frame.index, frame.time, frame.pts, frame.rgb, mask, logits.cpu())
 
     def close(self) -> None:
@@ -152,7 +165,7 @@ def segment_video(
     cfg = config or SegmentConfig()
     if overrides:
         cfg = from_mapping(SegmentConfig, {**to_dict(cfg), **overrides}, source="segment_video")
-    specs = resolve_classes(classes, classes_file)
+    specs = with_background(resolve_classes(classes, classes_file), cfg.background)
     reader = VideoReader(video, start=cfg.start, end=cfg.end)  # a bad video fails before loading
     try:
         model = model or load_model(cfg)
@@ -160,4 +173,4 @@ def segment_video(
     except BaseException:
         reader.close()
         raise
-    return SegmentationStream(reader, vocabulary, model)
+    return SegmentationStream(reader, vocabulary, model, threshold=cfg.threshold)

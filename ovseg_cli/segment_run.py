@@ -1,4 +1,7 @@
-"""One `ovseg segment` run: video in, a complete output folder out (overlay, masks, meta.json).
+"""One `ovseg segment` run: video in, a complete output folder out.
+
+Overlay, masks and annotation-tool exports are written frame by frame in one writer
+thread, meta.json at the end, all into a folder renamed into place only when complete.
 
 The CLI and the benchmark both call ``run_segment``; the CLI adds only argument parsing
 and a progress bar.
@@ -14,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ovseg_cli import __version__
-from ovseg_cli.classes import ClassSpec
+from ovseg_cli.classes import ClassSpec, colors_for, with_background
 from ovseg_cli.config import SegmentConfig, to_dict
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.outputs import OutputFolder
@@ -79,8 +82,14 @@ def run_segment(
     on_frame: Callable[[Any], None] | None = None,
 ) -> SegmentRun:
     """Segment ``video`` and write the output folder; nothing is left behind on failure."""
-    if not (config.overlay or config.masks):
-        raise OvsegError("nothing to write: --no-overlay needs --masks")
+    classes = with_background(classes, config.background)
+    exports = config.export or []
+    if not (config.overlay or config.masks or exports):
+        raise OvsegError("nothing to write: --no-overlay needs --masks or --export")
+    if exports:
+        from ovseg_cli.exports import check_exports
+
+        check_exports(exports, [c.name for c in classes], colors_for(classes))
     # cheap checks first: bad input fails before torch is even imported
     reader = VideoReader(video, start=config.start, end=config.end)
     info = reader.info
@@ -96,14 +105,14 @@ def run_segment(
     from ovseg_cli.threads import BackgroundWorker
     from ovseg_cli.video_writer import VideoWriter
 
-    writer = stream = worker = None
+    writer = stream = worker = sinks = None
     try:
         t0 = time.perf_counter()
         model = model or load_model(config)
         vocabulary = model.encode_vocabulary(classes)
         load_seconds = time.perf_counter() - t0
         names, colors = vocabulary.names, vocabulary.colors
-        stream = SegmentationStream(reader, vocabulary, model)
+        stream = SegmentationStream(reader, vocabulary, model, threshold=config.threshold)
         if config.overlay:
             writer = VideoWriter(
                 folder.path / "overlay.mp4",
@@ -116,6 +125,12 @@ def run_segment(
         palette = palette_bytes(colors)
         if config.masks:
             (folder.path / "masks").mkdir()
+        if exports:
+            from ovseg_cli.exports import ExportContext, ExportSet
+
+            unlabelled = config.threshold is not None  # masks may hold 255
+            context = ExportContext(folder.path, names, colors, Path(video).name, unlabelled)
+            sinks = ExportSet(exports, context, fps=info.average_rate, start=config.start)
 
         def write(result: Any) -> None:
             if writer is not None:
@@ -124,6 +139,8 @@ def run_segment(
                 save_palette_png(
                     result.mask, palette, folder.path / "masks" / f"{result.index:06d}.png"
                 )
+            if sinks is not None:  # each export writes the frame out now, keeping nothing
+                sinks.add(result.index, result.time, result.mask)
 
         if on_start is not None:
             on_start(info, info.frames_between(config.start, config.end))
@@ -138,6 +155,7 @@ def run_segment(
         worker.finish()
         if writer is not None:
             writer.close()
+        exported = sinks.close() if sinks is not None else {}
         segment_seconds = time.perf_counter() - t1
 
         if config.masks:
@@ -153,6 +171,7 @@ def run_segment(
                 "video_codec": writer.codec_name if writer is not None else None,
                 "masks": "masks/" if config.masks else None,
                 "mask_format": MASK_FORMAT,
+                "exports": exported,
             },
             "classes": [
                 {"index": i, "name": c.name, "prompts": list(c.texts), "color": list(col)}
@@ -178,6 +197,8 @@ def run_segment(
             worker.stop()  # the writer thread must be idle before the file is dropped
         if writer is not None:
             writer.abort()
+        if sinks is not None:
+            sinks.abort()
         folder.discard()
         raise
     finally:
