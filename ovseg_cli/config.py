@@ -134,6 +134,13 @@ class EvalConfig:
     )
     examples: int = setting(4, "Qualitative images (frame | prediction | ground truth) to save.")
 
+    def __post_init__(self) -> None:
+        validate(self)
+        if self.limit_videos is not None and self.limit_videos < 1:
+            raise OvsegError(f"limit_videos must be at least 1, not {self.limit_videos}")
+        if self.examples < 0:
+            raise OvsegError(f"examples must be >= 0, not {self.examples}")
+
 
 def validate(cfg: Any) -> None:
     """Check choices and simple ranges of a config dataclass, raising OvsegError."""

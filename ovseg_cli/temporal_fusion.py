@@ -102,8 +102,9 @@ class TemporalFusion:
             state.resets += 1
             state.push(feats)
             return feats, state
-        prior = locality_prior((gh, gw), self.radius, feats.device).repeat(1, m)
-        attn = torch.softmax(sim / self.temperature + prior, dim=1)
+        prior = locality_prior((gh, gw), self.radius, feats.device)
+        logits = sim.view(gh * gw, m, gh * gw) / self.temperature + prior[:, None, :]
+        attn = torch.softmax(logits.view(gh * gw, m * gh * gw), dim=1)
         fused = F.normalize((1 - self.strength) * q + self.strength * (attn @ kv), dim=-1)
         fused = fused.T.reshape(e, gh, gw)
         state.push(fused)

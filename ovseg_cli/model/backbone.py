@@ -52,8 +52,9 @@ def default_clip_layers(depth: int, levels: int) -> tuple[int, ...]:
     return tuple(min(depth - 2, max(0, round(depth * (k + 1) / levels) - 1)) for k in range(levels))
 
 
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, channels), channels)
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with at least 4 channels a group, so even a 1x1 map normalises."""
+    return nn.GroupNorm(max(1, min(32, channels // 4)), channels)
 
 
 class ClipFeaturePyramid(nn.Module):
@@ -64,10 +65,10 @@ class ClipFeaturePyramid(nn.Module):
         self.patch = patch
         self.strides = strides
         self.reduce = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(width, dim, 1), _norm(dim), nn.GELU()) for _ in strides
+            nn.Sequential(nn.Conv2d(width, dim, 1), group_norm(dim), nn.GELU()) for _ in strides
         )
         self.refine = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), _norm(dim)) for _ in strides
+            nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), group_norm(dim)) for _ in strides
         )
 
     def forward(self, taps: list[torch.Tensor], size: tuple[int, int]) -> list[torch.Tensor]:
@@ -122,7 +123,7 @@ class TimmFeaturePyramid(nn.Module):
         if frozen:
             self.net.requires_grad_(False)
         self.project = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c, dim, 1), _norm(dim))
+            nn.Sequential(nn.Conv2d(c, dim, 1), group_norm(dim))
             for c in self.net.feature_info.channels()
         )
 

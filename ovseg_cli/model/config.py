@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ovseg_cli.config import setting
+from ovseg_cli.config import setting, validate
 from ovseg_cli.errors import OvsegError
 
 
@@ -52,6 +52,7 @@ class ModelConfig:
     size: int = setting(448, "Short side the model sees at inference (multiple of 32).")
 
     def __post_init__(self) -> None:
+        validate(self)
         self.strides = tuple(int(s) for s in self.strides)
         self.pool_sizes = tuple(int(s) for s in self.pool_sizes)
         if self.clip_layers is not None:

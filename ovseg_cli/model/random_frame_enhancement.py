@@ -18,6 +18,8 @@ import math
 import torch
 from torch import nn
 
+from ovseg_cli.model.backbone import group_norm
+
 
 class RandomFrameEnhancement(nn.Module):
     """O_t attends to soft region representations of the distant frame, giving Ô_t."""
@@ -30,7 +32,7 @@ class RandomFrameEnhancement(nn.Module):
         self.q = nn.Linear(dim, dim)  # Eq. 10
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
-        self.out = nn.Sequential(nn.Conv2d(dim, dim, 1), nn.GroupNorm(min(32, dim), dim))
+        self.out = nn.Sequential(nn.Conv2d(dim, dim, 1), group_norm(dim))
 
     def regions(self, distant_pooled: list[torch.Tensor]) -> torch.Tensor:
         """L_r: (B, K, C) soft region representations of the distant frame (Eq. 8-9)."""

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ovseg_cli.model.backbone import group_norm
+
 
 class PyramidPooling(nn.Module):
     """P2T pooling f(.) (Eq. 2): average pools of several fixed sizes, each with a depthwise
@@ -74,7 +76,7 @@ class SpatialTemporalContextFusion(nn.Module):
         n = sum(s * s for s in pool_sizes)
         # Eq. 5: affinity maps are images over query positions with N channels (one per key)
         self.aggregate = nn.ModuleList(nn.Conv2d(n, n, 3, padding=1) for _ in range(levels - 1))
-        self.out = nn.Sequential(nn.Conv2d(dim, dim, 1), nn.GroupNorm(min(32, dim), dim))
+        self.out = nn.Sequential(nn.Conv2d(dim, dim, 1), group_norm(dim))
         self.aux_head = TextAlignedHead(dim, embed_dim)  # phi_seg of Eq. 7
 
     def _affinity(self, level: int, u: torch.Tensor, history: torch.Tensor) -> torch.Tensor:

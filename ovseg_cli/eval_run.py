@@ -1,0 +1,136 @@
+"""One `ovseg eval` run: a prepared dataset in, a report folder out.
+
+The folder holds ``report.json`` (the paper's four metrics, per-class IoU and accuracy,
+VC_n, seen/unseen/harmonic mean for ``--split all``, the class split, the model and the
+settings), ``per_class_iou.png`` (a bar chart) and ``examples/`` (frame | prediction |
+ground truth). It is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ovseg_cli import __version__
+from ovseg_cli.config import EvalConfig, SegmentConfig, to_dict
+from ovseg_cli.evaluation import EvalResult
+from ovseg_cli.outputs import OutputFolder
+
+
+def _clean(x: Any) -> Any:
+    """NaN as null, so report.json is strict JSON."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_clean(v) for v in x]
+    return x
+
+
+def report_dict(
+    result: EvalResult, index: Any, model: Any, cfg: EvalConfig, seg: SegmentConfig
+) -> dict[str, Any]:
+    """The content of report.json."""
+    m = result.metrics
+    seen = set(index.seen)
+    per_class = [
+        {"index": c, "name": n, "iou": m["iou"][i], "acc": m["acc"][i], "pixels": m["pixels"][i],
+         "seen": c in seen}
+        for i, (c, n) in enumerate(zip(result.classes, result.names, strict=True))
+    ]  # fmt: skip
+    report = {
+        "ovseg_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dataset": str(index.path),
+        "split": result.split,
+        "data_split": cfg.data_split,
+        "mIoU": m["mIoU"],
+        "fwIoU": m["fwIoU"],
+        "mAcc": m["mAcc"],
+        "pAcc": m["pAcc"],
+        "per_class": per_class,
+        "vc": {f"VC{n}": v for n, v in result.vc.items()},
+        "class_split": {"seen": list(index.seen), "unseen": list(index.unseen)},
+        "evaluated_classes": result.classes,
+        "videos": result.videos,
+        "frames": result.frames,
+        "labelled_frames": result.labelled,
+        "seconds": round(result.seconds, 3),
+        "fps": round(result.fps, 3),
+        "model": model.describe(),
+        "checkpoint": seg.checkpoint,
+        "clip": {"arch": model.clip.arch, "pretrained": model.clip.pretrained},
+        "config": {"eval": to_dict(cfg), "model": to_dict(seg)},
+    }
+    report.update(result.subsets)
+    return _clean(report)
+
+
+def bar_chart(result: EvalResult, index: Any, path: Path) -> None:
+    """Per-class IoU as horizontal bars, seen and unseen classes in two colours."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ious = [0.0 if math.isnan(v) else 100 * v for v in result.metrics["iou"]]
+    seen = set(index.seen)
+    colors = ["#4c72b0" if c in seen else "#dd8452" for c in result.classes]
+    height = max(2.5, 0.28 * len(ious) + 1.2)
+    fig, ax = plt.subplots(figsize=(7, height))
+    ax.barh(range(len(ious)), ious, color=colors)
+    ax.set_yticks(range(len(ious)), [n.replace("_", " ") for n in result.names], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("IoU (%)")
+    miou = result.metrics["mIoU"]
+    title = (
+        f"{result.split} classes: mIoU {100 * miou:.1f}" if not math.isnan(miou) else result.split
+    )
+    ax.set_title(title)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in ("#4c72b0", "#dd8452")]
+    ax.legend(handles, ["seen", "unseen"], loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_eval(
+    data: str | Path,
+    cfg: EvalConfig,
+    seg: SegmentConfig,
+    *,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    model: Any = None,
+    on_start: Callable[[int], None] | None = None,
+    on_frame: Callable[[], None] | None = None,
+) -> tuple[Path, dict[str, Any], EvalResult]:
+    """Evaluate and write the report folder; returns (folder, report, result)."""
+    from ovseg_cli.datasets.index import load_index
+
+    index = load_index(data)
+    final = Path(out) if out else Path.cwd() / f"{index.root.name}_eval_{cfg.split}"
+    folder = OutputFolder(final, overwrite=overwrite)
+    try:
+        from ovseg_cli.evaluation import evaluate
+        from ovseg_cli.segmenter import load_model
+
+        model = model or load_model(seg)
+        if on_start is not None:
+            videos = index.videos_in(cfg.data_split)[: cfg.limit_videos]
+            on_start(sum(len(v.frames) for v in videos if v.labelled))
+        result = evaluate(
+            model, index, cfg, on_frame=on_frame, examples_dir=folder.path / "examples"
+        )
+        report = report_dict(result, index, model, cfg, seg)
+        folder.write_json("report.json", report)
+        bar_chart(result, index, folder.path / "per_class_iou.png")
+        return folder.commit(), report, result
+    except BaseException:
+        folder.discard()
+        raise
