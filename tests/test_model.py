@@ -128,3 +128,15 @@ def test_timm_backbone(clip) -> None:
     assert out.logits.shape == (1, 2, 8, 12)
     out.logits.sum().backward()
     assert model.encoder.pyramid.net.conv1.weight.grad is not None
+
+
+def test_a_batch_equals_its_clips_one_by_one(model, clip) -> None:
+    """Clips in a batch never mix: each item's logits are those of the clip alone."""
+    text = encode_texts(clip, ["a", "b", "c"])
+    frames, distant = _clip_inputs(b=3, seed=4)
+    with torch.no_grad():
+        batched = model(frames, distant, text).logits
+        alone = torch.cat(
+            [model(frames[i : i + 1], distant[i : i + 1], text).logits for i in range(3)]
+        )
+    torch.testing.assert_close(batched, alone, atol=1e-4, rtol=1e-4)

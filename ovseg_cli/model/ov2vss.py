@@ -83,7 +83,8 @@ class OV2VSS(nn.Module):
         """A training clip: frames (B, T, 3, H, W) uint8 = [I_{t-k1}, ..., I_t], the distant
         frame (B, 3, H, W) and text embeddings (N, E)."""
         b, t = frames.shape[:2]
-        everything = torch.cat([frames.flatten(0, 1), distant])  # one pass over all frames
+        # one encoder pass over all frames, frame-major: rows i*b .. (i+1)*b are frame i of each clip
+        everything = torch.cat([frames.transpose(0, 1).flatten(0, 1), distant])
         feats = self.encode_frame(everything)
         per_frame = [_select(feats, slice(i * b, (i + 1) * b)) for i in range(t)]
         distant_feats = _select(feats, slice(t * b, (t + 1) * b))
