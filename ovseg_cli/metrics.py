@@ -89,7 +89,9 @@ class VideoConsistency:
         self.windows = tuple(int(n) for n in windows)
         if any(n < 2 for n in self.windows):
             raise ValueError("VC windows must span at least 2 frames")
-        self._buf: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=max(self.windows))
+        self._buf: deque[tuple[torch.Tensor, torch.Tensor]] = deque(
+            maxlen=max(self.windows, default=1)
+        )
         self._video: dict[int, list[float]] = {n: [] for n in self.windows}
         self._videos: dict[int, list[float]] = {n: [] for n in self.windows}
 

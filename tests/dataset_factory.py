@@ -137,3 +137,31 @@ def make_folder(root: Path, frames: int = 12) -> Path:
             if f % every == 0:
                 save_label(root / name / "masks" / f"frame{f + 1}.png", lab)
     return root
+
+
+def make_shapes(root: Path, size: int = 128, frames: int = 12, videos: int = 2) -> Path:
+    """Folder layout of moving shapes whose class is their colour: a grey background, a red
+    square drifting right, a blue disc drifting left (every frame labelled)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.txt").write_text("background\nred square\nblue disc\n")
+    colours = np.array([[90, 90, 90], [220, 30, 30], [30, 60, 220]], np.uint8)
+    s = size / 128  # positions below are for 128 px
+    yy, xx = np.mgrid[0:size, 0:size]
+    for v in range(videos):
+        for f in range(frames):
+            lab = np.zeros((size, size), np.uint8)
+            x = int(((6 * f + 30 * v) % 70) * s)
+            lab[int(12 * s) : int(60 * s), x : x + int(48 * s)] = 1
+            cx = (100 - (5 * f + 20 * v) % 70) * s
+            lab[(yy - 92 * s) ** 2 + (xx - cx) ** 2 < (26 * s) ** 2] = 2
+            d = root / f"video{v}"
+            save_frame_rgb(d / "frames" / f"{f:03d}.png", colours[lab])
+            save_label(d / "masks" / f"{f:03d}.png", lab)
+    return root
+
+
+def save_frame_rgb(path: Path, rgb: np.ndarray) -> Path:
+    """An RGB frame as given."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path)
+    return path

@@ -15,7 +15,9 @@ has a label (G_t for I_t, the other frames' own labels for them). Training passe
 classes and masks the unseen ones; evaluation passes all classes and masks nothing.
 
 Random draws come from torch's generator, which DataLoader seeds per worker and epoch, so
-workers never repeat each other and ``torch.manual_seed`` makes runs reproducible.
+workers never repeat each other and ``torch.manual_seed`` makes runs reproducible. Given a
+``seed`` and keys ``(epoch, i)`` (``ovseg train`` does this), they come from (seed, epoch, i)
+alone, whatever the worker: a resumed run then sees exactly the clips it would have seen.
 """
 
 from __future__ import annotations
@@ -148,8 +150,10 @@ class ClipDataset(Dataset):
         settings: ClipSettings | None = None,
         *,
         mask_classes: Sequence[int] = (),
+        seed: int | None = None,
     ) -> None:
         check_split(split)
+        self.seed = seed
         n = len(index.classes)
         self.settings = settings or ClipSettings()
         self.classes = _class_list(classes, n, "classes")
@@ -195,11 +199,19 @@ class ClipDataset(Dataset):
             rand = farthest_index(t, n)
         return [*context_indices(t, s.gaps), rand]
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """Item i; a key ``(epoch, i)`` with ``seed`` set draws its randomness from
+        (seed, epoch, i) alone, so a resumed run sees exactly the clips it would have."""
+        epoch, i = key if isinstance(key, tuple) else (None, key)
         vi, t = self.items[i]
         name, images, labels = self.videos[vi]
         s = self.settings
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item())) if s.train else None
+        rng = None
+        if s.train:
+            if self.seed is not None and epoch is not None:
+                rng = np.random.default_rng([self.seed, epoch, i])
+            else:
+                rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
         idx = self.indices(i, rng)
         with Image.open(images[t]) as first:
             width, height = first.size

@@ -1,0 +1,112 @@
+"""`ovseg train`: parses options, shows progress; the work is in ovseg_cli.train."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ovseg_cli.cli_common import console, friendly_errors
+
+
+@friendly_errors
+def train_command(
+    data: Path = typer.Option(
+        ..., "--data", "-d", help="Prepared dataset (folder with index.json)."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: config, metrics, checkpoints."),
+    config: Path = typer.Option(None, "--config", help="YAML config (see examples/configs/)."),
+    assignments: list[str] = typer.Option(
+        [], "--set", help="Override one setting, e.g. --set optim.lr=1e-5 (repeatable)."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Go on from OUT/last.safetensors."),
+    max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many steps."),
+    clip: str = typer.Option(None, "--clip", help="Frozen CLIP architecture (model.clip)."),
+    pretrained: str = typer.Option(None, "--pretrained", help="CLIP weights (model.pretrained)."),
+    device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N (run.device)."),
+    precision: str = typer.Option(
+        None, "--precision", help="auto, fp32, fp16, bf16 (optim.precision)."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train OV2VSS on the seen classes of a prepared dataset; torchrun for many GPUs."""
+    from ovseg_cli.config import load_yaml
+    from ovseg_cli.errors import OvsegError
+    from ovseg_cli.train.config import config_differences, resolve_train_config
+    from ovseg_cli.train.loop import OPERATIONAL_KEYS, train
+
+    overrides = {
+        "run.max_steps": max_steps, "model.clip": clip, "model.pretrained": pretrained,
+        "run.device": device, "optim.precision": precision,
+    }  # fmt: skip
+    if resume:
+        saved_path = out / "config.yaml"
+        if not saved_path.is_file():
+            raise OvsegError(f"nothing to resume: {saved_path} does not exist")
+        saved = resolve_train_config(load_yaml(saved_path))
+        cfg = resolve_train_config(load_yaml(saved_path), config, assignments, overrides)
+        diff = config_differences(saved, cfg, ignore=OPERATIONAL_KEYS)
+        if diff:
+            raise OvsegError(f"--resume with a different config: {'; '.join(diff[:4])}")
+    else:
+        cfg = resolve_train_config(None, config, assignments, overrides)
+
+    bar = _TrainProgress() if not quiet else None
+    say = console().print if not quiet else None
+    try:
+        result = train(
+            data, out, cfg, resume=resume,
+            on_start=bar.start if bar else None, on_log=bar.update if bar else None,
+            on_message=say,
+        )  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.stop()
+    if not quiet:
+        best = f", best validation mIoU {100 * result.best:.2f}" if result.best is not None else ""
+        what = (
+            "stopped by Ctrl-C (resume with --resume)"
+            if result.stopped == "interrupted"
+            else "done"
+        )
+        console(stderr=False).print(
+            f"[green]{what}:[/] {result.steps} steps in {result.seconds:.0f} s{best} -> {result.run_dir}"
+        )
+
+
+class _TrainProgress:
+    """Step, loss (main/aux), learning rate and throughput."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("[bold]train[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("steps {task.fields[info]}"),
+            TimeRemainingColumn(),
+            console=console(),
+        )
+        self.task = None
+
+    def start(self, step: int, total: int) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=total, completed=step, info="")
+
+    def update(self, log) -> None:
+        info = (
+            f"loss {log.loss:.4f} (main {log.main:.4f}, aux {log.aux:.4f}) "
+            f"lr {log.lr:.2e} {log.clips_per_s:.1f} clips/s"
+        )
+        self.progress.update(self.task, completed=log.step, info=info)
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.progress.stop()
