@@ -1,6 +1,7 @@
-"""How close `ovseg segment` runs to the speed of its backbone, measured in one run.
+"""How close `ovseg segment` runs to the speed of its backbone, and what keyframes gain, in one run.
 
-    python benchmarks/bench_segment.py [VIDEO] [--frames 40] [--clip ViT-B-16] [--size N]
+    python benchmarks/bench_segment.py [VIDEO] [--frames 24] [--rounds 3] [--clip ViT-B-16]
+        [--size N] [--keyframe-interval 4] [--device cpu] [--batch N] [--precision auto]
 
 Both numbers come from the same frames, the same model (random weights: speed does not
 depend on them) and the default --size:
@@ -8,10 +9,17 @@ depend on them) and the default --size:
 - end to end: ``run_segment`` as the CLI calls it (decode, resize, dense CLIP, temporal
   fusion, text matching, upsampling, overlay drawing, H.264 encoding with audio, palette
   PNG masks), frames per second of the frame loop;
-- backbone only: the dense image encoder alone on the already decoded and resized frames
-  (timed before and after the end-to-end run, averaged, to even out machine noise).
+- backbone only: the dense image encoder alone on the already decoded and resized frames,
+  ``--batch`` frames a pass;
+- with keyframes: ``run_segment`` on the same frames with ``--keyframe-interval K`` (the
+  model on every Kth frame, optical flow for the rest), end to end.
 
-The last line is JSON: {"e2e_fps": ..., "backbone_fps": ..., "ratio": ...}.
+The three are measured one after the other in each of ``--rounds`` rounds. ``ratio``
+compares the every-frame run (K=1) with the backbone and ``keyframe_speedup`` the keyframe
+run with the every-frame run, each within a round (this machine's speed drifts by tens of
+percent over minutes); the medians over the rounds are reported. The last line is JSON: {"e2e_fps": ...,
+"backbone_fps": ..., "ratio": ..., "keyframe_interval": K, "e2e_fps_keyframes": ...,
+"keyframe_speedup": ...} (the last three only when K > 1).
 """
 
 from __future__ import annotations
@@ -19,9 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -57,18 +67,19 @@ def synthetic_video(path: Path, frames: int) -> Path:
     return path
 
 
-def backbone_fps(model, images) -> float:
-    """Frames per second of the dense image encoder alone."""
+def backbone_fps(model, images, batch: int = 1) -> float:
+    """Frames per second of the dense image encoder alone, ``batch`` frames a pass."""
     import torch
 
     from ovseg_cli.devices import autocast
 
+    batches = [torch.cat(images[i : i + batch]) for i in range(0, len(images), batch)]
     with torch.no_grad(), autocast(model.device, model.precision):
-        model.encoder.encode(images[0].to(model.device), model.window)  # warm-up
+        model.encoder.encode(batches[0].to(model.device), model.window)  # warm-up
         if model.device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        for x in images:
+        for x in batches:
             model.encoder.encode(x.to(model.device), model.window)
         if model.device.type == "cuda":
             torch.cuda.synchronize()
@@ -79,15 +90,22 @@ def main() -> None:
     """Run the benchmark and print the ratio."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("video", nargs="?", type=Path, default=None)
-    parser.add_argument("--frames", type=int, default=40, help="frames to segment")
+    parser.add_argument("--frames", type=int, default=24, help="frames to segment per run")
     parser.add_argument("--clip", default="ViT-B-16")
     parser.add_argument("--size", type=int, default=None, help="default: the CLIP's native size")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="auto", help="auto, fp32, fp16 or bf16")
+    parser.add_argument("--batch", type=int, default=None, help="default: 8 on CUDA, else 1")
+    parser.add_argument(
+        "--keyframe-interval", type=int, default=4, help="K of the keyframe run (1: skip it)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds")
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # the random-weights warning is expected here
 
     from ovseg_cli.classes import parse_classes
     from ovseg_cli.config import SegmentConfig
+    from ovseg_cli.pipeline import default_batch
     from ovseg_cli.segment_run import run_segment
     from ovseg_cli.segmenter import load_model
     from ovseg_cli.video_reader import VideoReader, probe_video
@@ -97,29 +115,53 @@ def main() -> None:
         if video is None:
             video = synthetic_video(Path(tmp) / "synthetic.mp4", args.frames)
         info = probe_video(video)
-        end = (args.frames + 0.5) / float(info.average_rate)
+        end = (args.frames - 0.5) / float(info.average_rate)  # exactly --frames frames
         cfg = SegmentConfig(
             clip=args.clip, pretrained="none", size=args.size, end=end, masks=True,
-            device=args.device,
+            device=args.device, precision=args.precision, batch=args.batch,
         )  # fmt: skip
         model = load_model(cfg)
+        batch = args.batch or default_batch(model.device)
         with VideoReader(video, end=end) as reader:
             images = [model.prepare(f.rgb) for f in reader]
         print(f"video: {video} ({info.width}x{info.height}, {len(images)} frames)")
         print(
-            f"model: {args.clip} random weights, input {tuple(images[0].shape[-2:])}, {model.device}"
+            f"model: {args.clip} random weights, input {tuple(images[0].shape[-2:])}, "
+            f"{model.device}, {model.precision}, batch {batch}"
         )
 
-        before = backbone_fps(model, images)
-        run = run_segment(video, parse_classes(CLASSES), cfg, out=Path(tmp) / "out", model=model)
-        after = backbone_fps(model, images)
+        classes = parse_classes(CLASSES)
+        k = args.keyframe_interval
+        cfg_k = replace(cfg, keyframe_interval=str(k))
+        rows = []
+        # Rounds interleave the three measurements, and each ratio is taken within a round:
+        # this machine's speed drifts by tens of percent over minutes, within a round far less.
+        for r in range(args.rounds):
+            row = {"backbone": backbone_fps(model, images, batch)}
+            run = run_segment(video, classes, cfg, out=Path(tmp) / f"every{r}", model=model)
+            row["e2e"] = run.fps
+            if k > 1:  # 1: only the every-frame run
+                keyed = run_segment(video, classes, cfg_k, out=Path(tmp) / f"key{r}", model=model)
+                row["keyframes"] = keyed.fps
+                row["share"] = keyed.meta["propagation"]["keyframe_share"]
+            rows.append(row)
+            line = f"round {r + 1}: backbone {row['backbone']:.3f} fps, end to end {row['e2e']:.3f} fps"
+            if k > 1:
+                line += f", K={k} {row['keyframes']:.3f} fps ({row['share']:.0%} keyframes)"
+            print(line, flush=True)
 
-    backbone = (before + after) / 2
-    e2e = run.fps
-    print(f"backbone only: {before:.3f} / {after:.3f} fps (before / after)")
-    print(f"end to end:    {e2e:.3f} fps over {run.frames} frames (overlay + masks)")
-    print(json.dumps({"e2e_fps": round(e2e, 4), "backbone_fps": round(backbone, 4),
-                      "ratio": round(e2e / backbone, 4)}))  # fmt: skip
+    def median(key: str) -> float:
+        return float(statistics.median(row[key] for row in rows))
+
+    ratio = statistics.median(row["e2e"] / row["backbone"] for row in rows)
+    result = {"e2e_fps": round(median("e2e"), 4), "backbone_fps": round(median("backbone"), 4),
+              "ratio": round(ratio, 4)}  # fmt: skip
+    if k > 1:
+        speedup = statistics.median(row["keyframes"] / row["e2e"] for row in rows)
+        result.update(keyframe_interval=k, e2e_fps_keyframes=round(median("keyframes"), 4),
+                      keyframe_speedup=round(speedup, 4))  # fmt: skip
+    print("medians over rounds (ratios taken within each round):")
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

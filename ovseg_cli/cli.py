@@ -90,6 +90,10 @@ def segment(
     end: float = _opt("end", "--end"),
     device: str = _opt("device", "--device"),
     precision: str = _opt("precision", "--precision"),
+    keyframe_interval: str = _opt("keyframe_interval", "--keyframe-interval"),
+    max_interval: int = _opt("max_interval", "--max-interval"),
+    bidirectional: bool = _opt("bidirectional", "--bidirectional/--no-bidirectional"),
+    batch: int = _opt("batch", "--batch"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Segment a video: overlay.mp4, palette masks (--masks) and meta.json in an output folder."""
@@ -103,7 +107,8 @@ def segment(
         "temporal_strength": temporal_strength, "temporal_history": temporal_history,
         "overlay": overlay, "masks": masks, "alpha": alpha, "start": start, "end": end,
         "export": export, "background": background, "threshold": threshold,
-        "device": device, "precision": precision,
+        "device": device, "precision": precision, "keyframe_interval": keyframe_interval,
+        "max_interval": max_interval, "bidirectional": bidirectional, "batch": batch,
     }  # fmt: skip
     cfg = resolve(SegmentConfig, config, overrides)
     specs = resolve_classes(classes, classes_file)
@@ -111,6 +116,16 @@ def segment(
     from ovseg_cli.segment_run import run_segment
 
     progress = None if quiet else FrameProgress("segment")
+    seen = {"frames": 0, "keyframes": 0}
+
+    def on_frame(result: Any) -> None:
+        seen["frames"] += 1
+        seen["keyframes"] += result.is_keyframe
+        if cfg.keyframe_interval == "1":
+            progress.advance()
+        else:  # the share of frames the model ran on; the rest came by optical flow
+            progress.advance(note=f"{seen['keyframes'] / seen['frames']:.0%} keyframes")
+
     try:
         run = run_segment(
             video,
@@ -119,7 +134,7 @@ def segment(
             out=out,
             overwrite=overwrite,
             on_start=(lambda info, total: progress.start(total)) if progress else None,
-            on_frame=(lambda result: progress.advance()) if progress else None,
+            on_frame=on_frame if progress else None,
         )
     finally:
         if progress is not None:
@@ -129,9 +144,11 @@ def segment(
     if not quiet:
         names = ("overlay.mp4", "masks/", "cvat.zip", "coco.json", "stats.csv")
         written = [name for name in names if (run.out_dir / name).exists()]
+        share = run.meta["propagation"]["keyframe_share"]
+        keys = "" if cfg.keyframe_interval == "1" else f", {share:.0%} keyframes"
         console().print(
             f"[green]done:[/] {run.frames} frames in {run.segment_seconds:.1f} s "
-            f"({run.fps:.2f} fps) -> {run.out_dir} ({', '.join([*written, 'meta.json'])})"
+            f"({run.fps:.2f} fps{keys}) -> {run.out_dir} ({', '.join([*written, 'meta.json'])})"
         )
 
 
@@ -238,8 +255,10 @@ def _describe_checkpoint(checkpoint: Path, pretrained: str | None) -> None:
 # commands defined in their own modules
 from ovseg_cli.eval_cli import eval_command  # noqa: E402
 from ovseg_cli.prep_cli import prep_app  # noqa: E402
+from ovseg_cli.train_cli import train_command  # noqa: E402
 
 app.add_typer(prep_app, name="prep")
+app.command("train")(train_command)
 app.command("eval")(eval_command)
 
 

@@ -111,11 +111,12 @@ class FrameProgress:
         self.task = self.progress.add_task("frames", total=total, fps="")
         self.t0 = time.perf_counter()
 
-    def advance(self, n: int = 1) -> None:
-        """Count n more frames."""
+    def advance(self, n: int = 1, note: str = "") -> None:
+        """Count n more frames; ``note`` is shown after the rate (e.g. '25% keyframes')."""
         self.done += n
         rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
-        self.progress.update(self.task, advance=n, fps=f"{rate:.2f} fps")
+        text = f"{rate:.2f} fps" + (f", {note}" if note else "")
+        self.progress.update(self.task, advance=n, fps=text)
 
     def stop(self) -> None:
         """End the bar at 100% of what was done (estimates can be off)."""

@@ -113,6 +113,34 @@ class SegmentConfig:
     precision: str = setting(
         "auto", "Compute precision (autocast on GPU).", choices=("auto", "fp32", "fp16", "bf16")
     )
+    batch: int | None = setting(
+        None, "Keyframes per image-encoder pass (default: 8 on CUDA, 1 otherwise)."
+    )
+    keyframe_interval: str = setting(
+        "1",
+        "Run the model on every Nth frame only (a keyframe) and carry its class scores to the "
+        "frames in between with optical flow; 'auto': a keyframe when the warped keyframe stops "
+        "matching the frame (a cut, fast motion), at the latest every max_interval frames.",
+    )
+    max_interval: int = setting(
+        8, "With keyframe_interval auto: the most frames from one keyframe to the next."
+    )
+    keyframe_error: float = setting(
+        0.1,
+        "With keyframe_interval auto: start a keyframe when this share of the frame is "
+        "mispredicted by the warped keyframe (grey levels off by more than 30).",
+    )
+    bidirectional: bool = setting(
+        False,
+        "Blend the warps of the previous and the next keyframe (output waits for the next "
+        "keyframe: at most keyframe_interval frames are held).",
+    )
+    flow_preset: str = setting(
+        "fast", "DIS optical-flow preset.", choices=("ultrafast", "fast", "medium")
+    )
+    flow_size: int = setting(
+        240, "Short side in pixels at which optical flow is computed (never above the frame's)."
+    )
 
     def __post_init__(self) -> None:
         validate(self)
@@ -177,10 +205,30 @@ def _check_segment(cfg: SegmentConfig) -> None:
         raise OvsegError(f"threshold must be between 0 and 1 (exclusive), not {cfg.threshold}")
     if cfg.background is not None and not cfg.background.strip():
         raise OvsegError("background must be a class name, not empty")
+    _check_keyframes(cfg)
     if cfg.export is not None:
         from ovseg_cli.exports import parse_exports
 
         cfg.export = tuple(parse_exports(cfg.export)) or None  # lower case, no repeats
+
+
+def _check_keyframes(cfg: SegmentConfig) -> None:
+    interval = str(cfg.keyframe_interval).strip().lower()
+    if interval != "auto" and not (interval.isdigit() and int(interval) >= 1):
+        raise OvsegError(
+            f"keyframe_interval must be a whole number >= 1 or 'auto', not {cfg.keyframe_interval!r}"
+        )
+    cfg.keyframe_interval = interval if interval == "auto" else str(int(interval))
+    if cfg.max_interval < 1:
+        raise OvsegError(f"max_interval must be at least 1, not {cfg.max_interval}")
+    if not 0.0 < cfg.keyframe_error <= 1.0:
+        raise OvsegError(f"keyframe_error must be in (0, 1], not {cfg.keyframe_error}")
+    if cfg.bidirectional and cfg.keyframe_interval == "1":
+        raise OvsegError("bidirectional needs keyframe_interval above 1 or auto")
+    if cfg.flow_size < 16:
+        raise OvsegError(f"flow_size must be at least 16 pixels, not {cfg.flow_size}")
+    if cfg.batch is not None and cfg.batch < 1:
+        raise OvsegError(f"batch must be at least 1, not {cfg.batch}")
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -192,12 +240,12 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
-        is_none = value is None or (
-            isinstance(value, str) and value.lower() in ("none", "null", "")
-        )
+        inner = [a for a in args if a is not type(None)]
+        # "none" is a real value of some text settings (--pretrained none): only null clears them
+        empty = ("null", "") if inner[0] is str else ("none", "null", "")
+        is_none = value is None or (isinstance(value, str) and value.lower() in empty)
         if is_none and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key, source)
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, Mapping):
@@ -243,7 +291,7 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], *, source: str, prefix: 
         norm = str(key).replace("-", "_")
         if norm not in names:
             raise OvsegError(
-                f"{source}: unknown setting {prefix}{key!r}" + did_you_mean(norm, names)
+                f"{source}: unknown setting {prefix + str(key)!r}" + did_you_mean(norm, names)
             )
         values[norm] = _coerce(value, hints[norm], f"{prefix}{norm}", source)
     return cls(**values)
@@ -283,8 +331,16 @@ def resolve(
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain-data form of a config dataclass (for JSON/YAML)."""
-    return dataclasses.asdict(cfg)
+    """Plain-data form of a config dataclass (for JSON/YAML; tuples become lists)."""
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    return plain(dataclasses.asdict(cfg))
 
 
 def dump_yaml(cfg: Any, path: str | Path) -> None:

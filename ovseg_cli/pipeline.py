@@ -6,11 +6,20 @@
 
 Frames are decoded and resized in a background thread while the model runs; nothing
 but a few frames in flight and the bounded temporal state is held in memory.
+
+With a keyframe interval above 1 (or ``auto``) only keyframes run the model and update its
+state. The reader thread picks the keyframes and computes every other frame's optical
+flow to its previous keyframe (with ``bidirectional``, to its next one as well); the
+model's thread warps the keyframes' class scores with it (``ovseg_cli.propagation``).
+Results still come in frame order: a frame waiting for its next keyframe is held, so at
+most one interval of frames (times ``batch`` keyframes) is in memory.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +31,7 @@ import torch
 from ovseg_cli.classes import UNLABELLED, ClassSpec, resolve_classes, with_background
 from ovseg_cli.config import SegmentConfig, from_mapping, to_dict
 from ovseg_cli.prompts import Vocabulary
+from ovseg_cli.propagation import Flow, FlowEstimator, KeyframeSettings, propagate_scores
 from ovseg_cli.segmenter import SegmentState, TrainingFreeSegmenter, load_model
 from ovseg_cli.threads import Prefetcher
 from ovseg_cli.video_reader import DecodedFrame, VideoInfo, VideoReader
@@ -36,7 +46,30 @@ class FrameResult:
     pts: int  # presentation time stamp in the video stream's time base
     frame: np.ndarray  # (H, W, 3) uint8 RGB, upright
     mask: np.ndarray  # (H, W) uint8 class indices into the vocabulary; 255 = unlabelled
-    logits: torch.Tensor  # (N, gh, gw) float32 class scores at the model's resolution
+    # (N, gh, gw) float32 class scores at the model's resolution (log-probabilities where
+    # two keyframes were blended: same softmax and best class as the blend)
+    logits: torch.Tensor
+    is_keyframe: bool = True  # False: scores propagated from keyframes by optical flow
+
+
+@dataclass
+class _Planned:
+    """A decoded frame and what the reader thread prepared for it."""
+
+    frame: DecodedFrame
+    key: bool
+    image: torch.Tensor | None = None  # keyframes: the model's input
+    prev_flow: Flow | None = None  # frames in between: flow to the previous keyframe
+    next_flow: Flow | None = None  # bidirectional: flow to the next keyframe, once read
+    next_key: _Planned | None = None  # bidirectional: the next keyframe, once read
+    back_flows: dict[int, Flow] | None = None  # bidirectional keyframe: flows of the frames
+    # since the previous keyframe to this one, by frame index
+    logits: torch.Tensor | None = None  # keyframes, once the model has run
+
+
+def default_batch(device: torch.device) -> int:
+    """Keyframes per encoder pass: batching pays on a GPU, only costs memory on a CPU."""
+    return 8 if device.type == "cuda" else 1
 
 
 @functools.lru_cache(maxsize=8)
@@ -96,27 +129,149 @@ class SegmentationStream:
         start: float = 0.0,
         end: float | None = None,
         threshold: float | None = None,
+        keyframes: KeyframeSettings | None = None,
+        batch: int | None = None,
     ) -> None:
         self.model = model
         self.vocabulary = vocabulary
         self.threshold = threshold  # best-class probability below which a pixel is unlabelled
+        self.settings = keyframes or KeyframeSettings()
+        self.batch = batch or default_batch(torch.device(getattr(model, "device", "cpu")))
         if isinstance(video, VideoReader):
             self.reader = video  # already opened (and checked) by the caller
         else:
             self.reader = VideoReader(video, start=start, end=end)
         self.info: VideoInfo = self.reader.info
         self.state: SegmentState = model.init_state()
-        self._frames = Prefetcher(self._prepared(), depth=4)
+        self.keyframes = 0  # frames that went through the model so far
+        self.peak_held = 0  # most frames held at once between reading and returning them
+        self.flow_resolution: tuple[int, int] | None = None  # (w, h) the flow is computed at
+        # a whole batch of frames can be read while the previous batch runs
+        self._frames = Prefetcher(self._plan(), depth=max(4, self.batch))
+        self._results = self._stream()
         self._closed = False
 
-    def _prepared(self) -> Iterator[tuple[DecodedFrame, torch.Tensor]]:
+    def _plan(self) -> Iterator[_Planned]:
+        """Reader thread: decode, choose keyframes, prepare their input, compute flows."""
+        settings = self.settings
+        if not settings.propagating:
+            for frame in self.reader:
+                yield _Planned(frame, True, self.model.prepare(frame.rgb))
+            return
+        flows = FlowEstimator(settings.flow_preset, settings.flow_size)
+        key_grey: np.ndarray | None = None
+        waiting: dict[int, np.ndarray] = {}  # bidirectional: grey frames since the keyframe
+        since = 0
         for frame in self.reader:
-            yield frame, self.model.prepare(frame.rgb)
+            grey = flows.grey(frame.rgb)
+            self.flow_resolution = (grey.shape[1], grey.shape[0])
+            since += 1
+            flow = None
+            if key_grey is not None and settings.interval is None:  # auto decides by the warp
+                flow = flows(grey, key_grey)
+            if key_grey is None or settings.is_keyframe(since, flow):
+                item = _Planned(frame, True, self.model.prepare(frame.rgb))
+                if settings.bidirectional:
+                    item.back_flows = {i: flows(g, grey) for i, g in waiting.items()}
+                    waiting.clear()
+                key_grey, since = grey, 0
+            else:
+                if flow is None:
+                    flow = flows(grey, key_grey)
+                item = _Planned(frame, False, prev_flow=flow)
+                if settings.bidirectional:
+                    waiting[frame.index] = grey
+            yield item
+
+    def _stream(self) -> Iterator[FrameResult]:
+        """Model thread: run keyframes (in batches), propagate to the rest, in frame order."""
+        window: deque[_Planned] = deque()  # frames read and not yet returned, in order
+        prev_logits: torch.Tensor | None = None
+        prev_index = 0
+        exhausted = False
+
+        def pull() -> bool:
+            nonlocal exhausted
+            if exhausted:
+                return False
+            try:
+                item = next(self._frames)
+            except StopIteration:
+                exhausted = True
+                return False
+            if item.back_flows:  # the frames waiting for this keyframe get their flows to it
+                for held in window:
+                    if held.frame.index in item.back_flows:
+                        held.next_flow = item.back_flows[held.frame.index]
+                        held.next_key = item
+                item.back_flows = None
+            window.append(item)
+            self.peak_held = max(self.peak_held, len(window))
+            return True
+
+        while window or pull():
+            head = window[0]
+            if self.settings.bidirectional and not head.key:
+                while head.next_key is None and pull():  # read ahead to the next keyframe
+                    pass
+            needed = head if head.key else head.next_key
+            if needed is not None and needed.logits is None:
+                while self._pending(window) < self.batch and pull():
+                    pass
+                self._run_keyframes(window)
+            window.popleft()
+            if head.key:
+                prev_logits, prev_index = head.logits, head.frame.index
+                logits = head.logits
+            else:
+                nxt = head.next_key
+                t = 0.0
+                if nxt is not None:
+                    t = (head.frame.index - prev_index) / (nxt.frame.index - prev_index)
+                logits = propagate_scores(
+                    prev_logits, head.prev_flow, nxt.logits if nxt else None, head.next_flow, t
+                )
+            yield self._result(head, logits)
+
+    @staticmethod
+    def _pending(window: deque[_Planned]) -> int:
+        return sum(1 for item in window if item.key and item.logits is None)
+
+    def _run_keyframes(self, window: deque[_Planned]) -> None:
+        """Run the model on the next ``batch`` keyframes of the window, in order."""
+        todo = [item for item in window if item.key and item.logits is None][: self.batch]
+        shape = todo[0].image.shape
+        todo = list(itertools.takewhile(lambda item: item.image.shape == shape, todo))
+        if len(todo) > 1 and hasattr(self.model, "step_batch"):
+            images = torch.cat([item.image for item in todo])
+            outputs, self.state = self.model.step_batch(images, self.state, self.vocabulary)
+        else:
+            outputs = []
+            for item in todo:
+                logits, self.state = self.model.step(item.image, self.state, self.vocabulary)
+                outputs.append(logits)
+        for item, logits in zip(todo, outputs, strict=True):
+            item.logits, item.image = logits.float(), None
+        self.keyframes += len(todo)
+
+    def _result(self, item: _Planned, logits: torch.Tensor) -> FrameResult:
+        frame = item.frame
+        mask = logits_to_mask(logits, frame.rgb.shape[:2], self.threshold)
+        return FrameResult(
+            frame.index, frame.time, frame.pts, frame.rgb, mask, logits.cpu(), item.key
+        )
 
     @property
     def skipped(self) -> int:
         """Frames that could not be decoded and were skipped."""
         return self.reader.skipped
+
+    def describe(self) -> dict[str, Any]:
+        """Keyframe and propagation settings, for meta.json."""
+        info = {**self.settings.describe(), "batch": self.batch}
+        if self.flow_resolution is not None:
+            info["flow"]["resolution"] = list(self.flow_resolution)
+        return info
 
     def __iter__(self) -> Iterator[FrameResult]:
         return self
@@ -125,19 +280,16 @@ class SegmentationStream:
         if self._closed:
             raise StopIteration
         try:
-            frame, image = next(self._frames)
+            return next(self._results)
         except BaseException:
             self.close()
             raise
-        logits, self.state = self.model.step(image, self.state, self.vocabulary)
-        logits = logits.float()
-        mask = logits_to_mask(logits, frame.rgb.shape[:2], self.threshold)
-        return FrameResult(frame.index, frame.time, frame.pts, frame.rgb, mask, logits.cpu())
 
     def close(self) -> None:
         """Stop decoding and release the video file."""
         if not self._closed:
             self._closed = True
+            self._results.close()  # drops the frames it holds
             self._frames.close()
             self.reader.close()
 
@@ -173,4 +325,7 @@ def segment_video(
     except BaseException:
         reader.close()
         raise
-    return SegmentationStream(reader, vocabulary, model, threshold=cfg.threshold)
+    return SegmentationStream(
+        reader, vocabulary, model, threshold=cfg.threshold,
+        keyframes=KeyframeSettings.from_config(cfg), batch=cfg.batch,
+    )  # fmt: skip

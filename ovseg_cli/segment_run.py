@@ -100,6 +100,7 @@ def run_segment(
         raise
 
     from ovseg_cli.pipeline import SegmentationStream
+    from ovseg_cli.propagation import KeyframeSettings
     from ovseg_cli.rendering import OverlayRenderer, labelmap_text, palette_bytes, save_palette_png
     from ovseg_cli.segmenter import load_model
     from ovseg_cli.threads import BackgroundWorker
@@ -112,7 +113,10 @@ def run_segment(
         vocabulary = model.encode_vocabulary(classes)
         load_seconds = time.perf_counter() - t0
         names, colors = vocabulary.names, vocabulary.colors
-        stream = SegmentationStream(reader, vocabulary, model, threshold=config.threshold)
+        stream = SegmentationStream(
+            reader, vocabulary, model, threshold=config.threshold,
+            keyframes=KeyframeSettings.from_config(config), batch=config.batch,
+        )  # fmt: skip
         if config.overlay:
             writer = VideoWriter(
                 folder.path / "overlay.mp4",
@@ -144,12 +148,15 @@ def run_segment(
 
         if on_start is not None:
             on_start(info, info.frames_between(config.start, config.end))
-        worker = BackgroundWorker(write, depth=4)
+        worker = BackgroundWorker(write, depth=max(4, stream.batch))  # room for a batch
         t1 = time.perf_counter()
         frames = 0
+        keyframes: list[int] = []  # indices only: a few bytes per keyframe
         for result in stream:
             worker.submit(result)
             frames += 1
+            if result.is_keyframe:
+                keyframes.append(result.index)
             if on_frame is not None:
                 on_frame(result)
         worker.finish()
@@ -179,6 +186,12 @@ def run_segment(
             ],
             "prompt_templates": list(vocabulary.templates),
             "model": model.describe(),
+            "propagation": {
+                **stream.describe(),
+                "keyframes": len(keyframes),
+                "keyframe_share": round(len(keyframes) / frames, 4) if frames else None,
+                "keyframe_indices": keyframes,
+            },
             "timings": {
                 "load_s": round(load_seconds, 3),
                 "segment_s": round(segment_seconds, 3),

@@ -92,15 +92,24 @@ class TrainingFreeSegmenter:
         self, image: torch.Tensor, state: SegmentState, vocabulary: Vocabulary
     ) -> tuple[torch.Tensor, SegmentState]:
         """Class logits (N, gh, gw) of one prepared frame (1, 3, h, w), and the updated state."""
+        logits, state = self.step_batch(image, state, vocabulary)
+        return logits[0], state
+
+    @torch.no_grad()
+    def step_batch(
+        self, images: torch.Tensor, state: SegmentState, vocabulary: Vocabulary
+    ) -> tuple[list[torch.Tensor], SegmentState]:
+        """``step`` for consecutive frames (B, 3, h, w): one encoder pass, then fusion in order."""
         with autocast(self.device, self.precision):
-            feats = self.encoder.encode(image.to(self.device, non_blocking=True), self.window)[0]
-        feats = feats.float()
-        if self.fusion is not None and state.temporal is not None:
-            feats, state.temporal = self.fusion(feats, state.temporal)
-        text = vocabulary.embeddings.to(feats.device, torch.float32)
-        logits = self.logit_scale * torch.einsum("ne,ehw->nhw", text, feats)
-        state.frames += 1
-        return logits, state
+            batch = self.encoder.encode(images.to(self.device, non_blocking=True), self.window)
+        text = vocabulary.embeddings.to(batch.device, torch.float32)
+        out = []
+        for feats in batch.float():  # the temporal state must see the frames one by one
+            if self.fusion is not None and state.temporal is not None:
+                feats, state.temporal = self.fusion(feats, state.temporal)
+            out.append(self.logit_scale * torch.einsum("ne,ehw->nhw", text, feats))
+            state.frames += 1
+        return out, state
 
     def describe(self) -> dict[str, Any]:
         """What produced the results, for meta.json."""

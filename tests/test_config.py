@@ -64,3 +64,9 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
     dump_yaml(cfg, tmp_path / "c.yaml")
     assert resolve(SegmentConfig, tmp_path / "c.yaml") == cfg
     assert to_dict(cfg)["size"] == 256
+
+
+def test_none_is_a_value_of_text_settings() -> None:
+    """`--pretrained none` means random weights, not "not given"; numbers take none as unset."""
+    cfg = resolve(SegmentConfig, None, {"pretrained": "none", "end": "none", "window": "null"})
+    assert cfg.pretrained == "none" and cfg.end is None and cfg.window is None

@@ -114,13 +114,28 @@ class OV2VSSSegmenter:
         self, image: torch.Tensor, state: StreamState, vocabulary: Vocabulary
     ) -> tuple[torch.Tensor, StreamState]:
         """Class logits (N, H/8, W/8) of one prepared frame and the updated state."""
+        logits, state = self.step_batch(image, state, vocabulary)
+        return logits[0], state
+
+    @torch.no_grad()
+    def step_batch(
+        self, images: torch.Tensor, state: StreamState, vocabulary: Vocabulary
+    ) -> tuple[list[torch.Tensor], StreamState]:
+        """``step`` for consecutive frames (B, 3, h, w): one encoder pass, then decoding in order.
+
+        A frame's features do not depend on its batch (no BatchNorm in training mode), so
+        this computes what ``step`` does frame by frame.
+        """
+        out = []
         with autocast(self.device, self.precision):
-            feats = self.model.encode_frame(image.to(self.device, non_blocking=True))
-            state.push(feats)
-            past = state.past(self.cfg.gaps)
+            batch = self.model.encode_frame(images.to(self.device, non_blocking=True))
             text = vocabulary.embeddings.to(self.device)
-            out = self.model.decode(past, state.frames[-1], state.distant, text)
-        return out.logits[0].float(), state
+            for i in range(images.shape[0]):
+                state.push(_one_frame(batch, i))
+                past = state.past(self.cfg.gaps)
+                decoded = self.model.decode(past, state.frames[-1], state.distant, text)
+                out.append(decoded.logits[0].float())
+        return out, state
 
     def describe(self) -> dict[str, Any]:
         """What produced the results, for meta.json."""
@@ -138,3 +153,12 @@ class OV2VSSSegmenter:
             "device": str(self.device),
             "precision": self.precision,
         }
+
+
+def _one_frame(batch: FrameFeatures, i: int) -> FrameFeatures:
+    """Frame ``i`` of batched features, copied so the ring buffer does not pin the batch."""
+    return FrameFeatures(
+        clip=batch.clip[i : i + 1].clone(),
+        pyramid=[u[i : i + 1].clone() for u in batch.pyramid],
+        pooled=[d[i : i + 1].clone() for d in batch.pooled],
+    )
