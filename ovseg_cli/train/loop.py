@@ -188,20 +188,8 @@ def train(
                 device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
                 find_unused_parameters=cfg.model.num_past == 1,  # no history update to learn
             )
-        loop = _Loop(
-            cfg,
-            ctx,
-            run_dir,
-            model,
-            net,
-            clip,
-            index,
-            text,
-            optimizer,
-            scheduler,
-            scaler,
-            precision,
-        )
+        loop = _Loop(cfg, ctx, run_dir, model, net, clip, index, text,
+                     optimizer, scheduler, scaler, precision)  # fmt: skip
         if on_start is not None and ctx.main:
             on_start(progress.step, cfg.total_steps)
         with _StopFlag() as stop:
@@ -222,34 +210,26 @@ def _truncate_log(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
+@dataclass
 class _Loop:
     """The steps, logging, validation and checkpoints of one run."""
 
-    def __init__(
-        self,
-        cfg,
-        ctx,
-        run_dir,
-        model,
-        net,
-        clip,
-        index,
-        text,
-        optimizer,
-        scheduler,
-        scaler,
-        precision,
-    ):
-        self.cfg, self.ctx, self.run_dir = cfg, ctx, run_dir
-        self.model, self.net, self.clip, self.index, self.text = model, net, clip, index, text
-        self.optimizer, self.scheduler, self.scaler, self.precision = (
-            optimizer,
-            scheduler,
-            scaler,
-            precision,
-        )
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.validations: list[dict[str, Any]] = []
+    cfg: TrainConfig
+    ctx: dist.DistContext
+    run_dir: Path
+    model: Any  # OV2VSS, for checkpoints and validation
+    net: Any  # the model, or its DistributedDataParallel wrapper, for training steps
+    clip: Any
+    index: Any
+    text: torch.Tensor
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    precision: str
+    validations: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
 
     def _save(self, name: str, progress: Progress) -> None:
         if self.ctx.main:
