@@ -89,6 +89,11 @@ class SegmentConfig:
     scene_cut: float = setting(
         0.5, "Reset the history when frame-to-history feature similarity drops below this."
     )
+    shot_threshold: float = setting(
+        30.0,
+        "Mean HSV difference (0-255) of consecutive frames' thumbnails above which a new shot "
+        "starts: the temporal state is reset and the frame is a keyframe (0: never).",
+    )
     overlay: bool = setting(True, "Write overlay.mp4.")
     masks: bool = setting(False, "Write masks/NNNNNN.png palette masks and labelmap.txt.")
     export: tuple[str, ...] | None = setting(
@@ -193,6 +198,8 @@ def _check_segment(cfg: SegmentConfig) -> None:
         raise OvsegError(f"temporal_history must be at least 1, not {cfg.temporal_history}")
     if cfg.temporal_radius <= 0:
         raise OvsegError(f"temporal_radius must be positive, not {cfg.temporal_radius}")
+    if not 0.0 <= cfg.shot_threshold <= 255.0:
+        raise OvsegError(f"shot_threshold must be between 0 and 255, not {cfg.shot_threshold}")
     if cfg.size is not None and cfg.size < 16:
         raise OvsegError(f"size must be at least 16 pixels, not {cfg.size}")
     if cfg.window is not None and cfg.window < 16:

@@ -33,6 +33,7 @@ from ovseg_cli.config import SegmentConfig, from_mapping, to_dict
 from ovseg_cli.prompts import Vocabulary
 from ovseg_cli.propagation import Flow, FlowEstimator, KeyframeSettings, propagate_scores
 from ovseg_cli.segmenter import SegmentState, TrainingFreeSegmenter, load_model
+from ovseg_cli.shots import DEFAULT_THRESHOLD, ShotDetector
 from ovseg_cli.threads import Prefetcher
 from ovseg_cli.video_reader import DecodedFrame, VideoInfo, VideoReader
 
@@ -50,6 +51,7 @@ class FrameResult:
     # two keyframes were blended: same softmax and best class as the blend)
     logits: torch.Tensor
     is_keyframe: bool = True  # False: scores propagated from keyframes by optical flow
+    shot_start: bool = False  # a cut was detected here: the temporal state started afresh
 
 
 @dataclass
@@ -59,9 +61,11 @@ class _Planned:
     frame: DecodedFrame
     key: bool
     image: torch.Tensor | None = None  # keyframes: the model's input
+    cut: bool = False  # the frame starts a new shot (always a keyframe)
     prev_flow: Flow | None = None  # frames in between: flow to the previous keyframe
     next_flow: Flow | None = None  # bidirectional: flow to the next keyframe, once read
     next_key: _Planned | None = None  # bidirectional: the next keyframe, once read
+    forward_only: bool = False  # bidirectional: a cut comes before the next keyframe
     back_flows: dict[int, Flow] | None = None  # bidirectional keyframe: flows of the frames
     # since the previous keyframe to this one, by frame index
     logits: torch.Tensor | None = None  # keyframes, once the model has run
@@ -131,6 +135,7 @@ class SegmentationStream:
         threshold: float | None = None,
         keyframes: KeyframeSettings | None = None,
         batch: int | None = None,
+        shot_threshold: float = DEFAULT_THRESHOLD,
     ) -> None:
         self.model = model
         self.vocabulary = vocabulary
@@ -144,6 +149,8 @@ class SegmentationStream:
         self.info: VideoInfo = self.reader.info
         self.state: SegmentState = model.init_state()
         self.keyframes = 0  # frames that went through the model so far
+        self.shot_threshold = shot_threshold  # 0: no cut detection
+        self.cuts: list[int] = []  # indices of the frames that started a new shot
         self.peak_held = 0  # most frames held at once between reading and returning them
         self.flow_resolution: tuple[int, int] | None = None  # (w, h) the flow is computed at
         # a whole batch of frames can be read while the previous batch runs
@@ -154,9 +161,11 @@ class SegmentationStream:
     def _plan(self) -> Iterator[_Planned]:
         """Reader thread: decode, choose keyframes, prepare their input, compute flows."""
         settings = self.settings
+        shots = ShotDetector(self.shot_threshold) if self.shot_threshold > 0 else None
         if not settings.propagating:
             for frame in self.reader:
-                yield _Planned(frame, True, self.model.prepare(frame.rgb))
+                cut = shots is not None and shots(frame.rgb)
+                yield _Planned(frame, True, self.model.prepare(frame.rgb), cut=cut)
             return
         flows = FlowEstimator(settings.flow_preset, settings.flow_size)
         key_grey: np.ndarray | None = None
@@ -166,13 +175,15 @@ class SegmentationStream:
             grey = flows.grey(frame.rgb)
             self.flow_resolution = (grey.shape[1], grey.shape[0])
             since += 1
+            cut = shots is not None and shots(frame.rgb)
             flow = None
-            if key_grey is not None and settings.interval is None:  # auto decides by the warp
+            if key_grey is not None and not cut and settings.interval is None:  # auto: the warp
                 flow = flows(grey, key_grey)
-            if key_grey is None or settings.is_keyframe(since, flow):
-                item = _Planned(frame, True, self.model.prepare(frame.rgb))
+            if key_grey is None or cut or settings.is_keyframe(since, flow):
+                item = _Planned(frame, True, self.model.prepare(frame.rgb), cut=cut)
                 if settings.bidirectional:
-                    item.back_flows = {i: flows(g, grey) for i, g in waiting.items()}
+                    # across a cut the other shot's scores are no use: forward only
+                    item.back_flows = {} if cut else {i: flows(g, grey) for i, g in waiting.items()}
                     waiting.clear()
                 key_grey, since = grey, 0
             else:
@@ -199,11 +210,15 @@ class SegmentationStream:
             except StopIteration:
                 exhausted = True
                 return False
-            if item.back_flows:  # the frames waiting for this keyframe get their flows to it
-                for held in window:
+            if item.back_flows is not None:  # bidirectional: the frames waiting for this
+                for held in window:  # keyframe get their flows to it (none across a cut)
+                    if held.key or held.next_key is not None or held.forward_only:
+                        continue
                     if held.frame.index in item.back_flows:
                         held.next_flow = item.back_flows[held.frame.index]
                         held.next_key = item
+                    else:
+                        held.forward_only = True
                 item.back_flows = None
             window.append(item)
             self.peak_held = max(self.peak_held, len(window))
@@ -212,7 +227,7 @@ class SegmentationStream:
         while window or pull():
             head = window[0]
             if self.settings.bidirectional and not head.key:
-                while head.next_key is None and pull():  # read ahead to the next keyframe
+                while head.next_key is None and not head.forward_only and pull():  # read ahead
                     pass
             needed = head if head.key else head.next_key
             if needed is not None and needed.logits is None:
@@ -242,6 +257,11 @@ class SegmentationStream:
         todo = [item for item in window if item.key and item.logits is None][: self.batch]
         shape = todo[0].image.shape
         todo = list(itertools.takewhile(lambda item: item.image.shape == shape, todo))
+        # a batch never spans a cut: the state is reset before the cut's frame
+        todo = todo[:1] + list(itertools.takewhile(lambda item: not item.cut, todo[1:]))
+        if todo[0].cut:
+            self.state.reset()
+            self.cuts.append(todo[0].frame.index)
         if len(todo) > 1 and hasattr(self.model, "step_batch"):
             images = torch.cat([item.image for item in todo])
             outputs, self.state = self.model.step_batch(images, self.state, self.vocabulary)
@@ -258,7 +278,7 @@ class SegmentationStream:
         frame = item.frame
         mask = logits_to_mask(logits, frame.rgb.shape[:2], self.threshold)
         return FrameResult(
-            frame.index, frame.time, frame.pts, frame.rgb, mask, logits.cpu(), item.key
+            frame.index, frame.time, frame.pts, frame.rgb, mask, logits.cpu(), item.key, item.cut
         )
 
     @property
@@ -272,6 +292,14 @@ class SegmentationStream:
         if self.flow_resolution is not None:
             info["flow"]["resolution"] = list(self.flow_resolution)
         return info
+
+    def describe_shots(self) -> dict[str, Any]:
+        """Cut detection settings and the frames where a new shot started, for meta.json."""
+        return {
+            "method": "colour histogram distance of consecutive frames (ovseg_cli.shots)",
+            "threshold": self.shot_threshold or None,
+            "cuts": list(self.cuts),
+        }
 
     def __iter__(self) -> Iterator[FrameResult]:
         return self
@@ -328,4 +356,5 @@ def segment_video(
     return SegmentationStream(
         reader, vocabulary, model, threshold=cfg.threshold,
         keyframes=KeyframeSettings.from_config(cfg), batch=cfg.batch,
+        shot_threshold=cfg.shot_threshold,
     )  # fmt: skip

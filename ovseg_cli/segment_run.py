@@ -116,6 +116,7 @@ def run_segment(
         stream = SegmentationStream(
             reader, vocabulary, model, threshold=config.threshold,
             keyframes=KeyframeSettings.from_config(config), batch=config.batch,
+            shot_threshold=config.shot_threshold,
         )  # fmt: skip
         if config.overlay:
             writer = VideoWriter(
@@ -192,6 +193,7 @@ def run_segment(
                 "keyframe_share": round(len(keyframes) / frames, 4) if frames else None,
                 "keyframe_indices": keyframes,
             },
+            "shots": stream.describe_shots(),
             "timings": {
                 "load_s": round(load_seconds, 3),
                 "segment_s": round(segment_seconds, 3),

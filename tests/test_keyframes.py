@@ -7,12 +7,11 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
-from video_factory import expected_frame, make_video
+from video_factory import joined_clips, make_video
 
 from ovseg_cli import segment_video
 from ovseg_cli.classes import parse_classes
@@ -21,24 +20,6 @@ from ovseg_cli.pipeline import logits_to_mask
 from ovseg_cli.video_reader import VideoReader
 
 SIZE = (96, 64)
-
-
-def joined_clips(path: Path, first: int = 10, second: int = 10) -> Path:
-    """Two unrelated synthetic clips back to back: the moving square, then a texture panning
-    1 px a frame."""
-    w, h = SIZE
-    rng = np.random.default_rng(7)
-    noise = cv2.GaussianBlur(rng.random((h + 40, w + 60, 3)).astype(np.float32), (0, 0), 2)
-    texture = (255 * (noise - noise.min()) / (noise.max() - noise.min())).astype(np.uint8)
-    frames = [expected_frame(i, SIZE) for i in range(first)]
-    frames += [np.ascontiguousarray(texture[20 : 20 + h, i : i + w]) for i in range(second)]
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=30, options={"preset": "ultrafast", "crf": "12"})
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for rgb in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        out.mux(stream.encode(None))
-    return path
 
 
 def reference_results(video: Path, model, classes: str, keyframes: set[int] | None = None):
@@ -143,10 +124,14 @@ def test_bidirectional_keeps_frame_count_order_fps_and_audio(
     assert prop["flow"]["resolution"] == [96, 64]  # smaller than flow_size: its own size
 
 
-def test_auto_starts_a_keyframe_at_a_hard_cut(tmp_path: Path, tiny_model) -> None:
+@pytest.mark.parametrize("shot_threshold", [0.0, 30.0])  # by the warp alone; by both
+def test_auto_starts_a_keyframe_at_a_hard_cut(
+    tmp_path: Path, tiny_model, shot_threshold: float
+) -> None:
     video = joined_clips(tmp_path / "cut.mp4", first=10, second=10)
     # a cut mispredicts most of the frame; 0.3 keeps the texture's incoming edge from counting
     auto = {"keyframe_interval": "auto", "max_interval": 30, "keyframe_error": 0.3}
+    auto["shot_threshold"] = shot_threshold
     forward = list(segment_video(video, "a,b", model=tiny_model, **auto))
     assert [r.index for r in forward if r.is_keyframe] == [0, 10]
     both = list(segment_video(video, "a,b", model=tiny_model, bidirectional=True, **auto))

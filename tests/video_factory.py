@@ -7,6 +7,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 
 SQUARE = 12  # side of the moving square in pixels
@@ -184,4 +185,24 @@ def corrupt_middle(path: str | Path, fraction: float = 0.5, nbytes: int = 4000) 
     noise = np.random.default_rng(1234).integers(0, 256, nbytes, dtype=np.uint8).tobytes()
     data[offset : offset + nbytes] = noise[: max(0, len(data) - offset)]
     path.write_bytes(bytes(data))
+    return path
+
+
+def joined_clips(
+    path: Path, first: int = 10, second: int = 10, size: tuple[int, int] = (96, 64)
+) -> Path:
+    """Two unrelated synthetic clips back to back: the moving square, then a texture panning
+    1 px a frame."""
+    w, h = size
+    rng = np.random.default_rng(7)
+    noise = cv2.GaussianBlur(rng.random((h + 40, w + 60, 3)).astype(np.float32), (0, 0), 2)
+    texture = (255 * (noise - noise.min()) / (noise.max() - noise.min())).astype(np.uint8)
+    frames = [expected_frame(i, size) for i in range(first)]
+    frames += [np.ascontiguousarray(texture[20 : 20 + h, i : i + w]) for i in range(second)]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30, options={"preset": "ultrafast", "crf": "12"})
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for rgb in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(stream.encode(None))
     return path

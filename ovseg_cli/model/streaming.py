@@ -4,7 +4,8 @@ Each new frame is encoded once and pushed into a ring buffer holding the last
 ``max(gaps) + 1`` frames' features; the preceding frames at the model's gaps are read
 from it (the first frame stands in for frames before the start, as the training sampler
 does), and the first frame of the stream is kept as the distant frame (the most distant
-frame a causal stream has). Memory is fixed by the gaps, not by the video's length.
+frame a causal stream has; the pipeline resets the state at a shot cut, so it is the first
+frame of the current shot). Memory is fixed by the gaps, not by the video's length.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class StreamState:
     def push(self, features: FrameFeatures) -> None:
         """Add the newest frame; the oldest falls out of the buffer."""
         features = features.detach()
+        if self.frames and self.frames[-1].clip.shape != features.clip.shape:
+            self.reset()  # the frame size changed mid-stream: no history to attend to
         if self.distant is None:
             self.distant = features
         self.frames.append(features)
