@@ -21,7 +21,7 @@ from ovseg_cli.classes import (
 from ovseg_cli.cli import app
 from ovseg_cli.config import SegmentConfig
 from ovseg_cli.errors import OvsegError
-from ovseg_cli.pipeline import logits_to_mask
+from ovseg_cli.pipeline import _mask_on_device, logits_to_mask
 
 runner = CliRunner()
 
@@ -40,6 +40,10 @@ def test_threshold_leaves_unsure_pixels_unlabelled(threshold: float) -> None:
     np.testing.assert_array_equal(mask[sure], expected[sure])
     assert 0 < (mask == UNLABELLED).sum() < mask.size
     np.testing.assert_array_equal(logits_to_mask(logits, size), up.argmax(0).numpy())
+    confidence = torch.softmax(logits, 0).amax(0)  # the GPU path, run here on the CPU
+    np.testing.assert_array_equal(
+        _mask_on_device(logits, size, threshold, confidence)[sure], expected[sure]
+    )
 
 
 def test_segment_video_takes_threshold_and_background(small_video: Path, tiny_model) -> None:

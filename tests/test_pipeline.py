@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from video_factory import make_video
 
 from ovseg_cli import FrameResult, segment_video
-from ovseg_cli.pipeline import logits_to_mask
+from ovseg_cli.pipeline import _mask_on_device, logits_to_mask
 
 
 @pytest.mark.parametrize(
@@ -30,6 +30,8 @@ def test_logits_to_mask_equals_interpolate_then_argmax(n, grid, size) -> None:
     mask = logits_to_mask(logits, size)
     assert mask.dtype == np.uint8 and mask.shape == size
     np.testing.assert_array_equal(mask, ref.argmax(0).numpy())
+    # the GPU path (matrix products on the device), run here on the CPU
+    np.testing.assert_array_equal(_mask_on_device(logits, size, None, None), mask)
 
 
 def test_segment_video_yields_one_result_per_frame(small_video: Path, tiny_model) -> None:
