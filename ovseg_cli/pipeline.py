@@ -332,7 +332,7 @@ class SegmentationStream:
     def describe_shots(self) -> dict[str, Any]:
         """Cut detection settings and the frames where a new shot started, for meta.json."""
         return {
-            "method": "colour histogram distance of consecutive frames (ovseg_cli.shots)",
+            "method": "mean HSV difference of consecutive 64x36 thumbnails (ovseg_cli.shots)",
             "threshold": self.shot_threshold or None,
             "cuts": list(self.cuts),
         }
