@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from ovseg_cli import __version__
 from ovseg_cli.clip_loading import ClipBundle, load_clip
 from ovseg_cli.config import from_mapping, to_dict
 from ovseg_cli.errors import OvsegError
+from ovseg_cli.model.checkpoint_io import has_backup, resolve_weights, write_pair
 from ovseg_cli.model.config import ModelConfig
 from ovseg_cli.model.ov2vss import OV2VSS
 from ovseg_cli.prompts import templates_named
@@ -45,15 +45,6 @@ def clip_fingerprint(clip: ClipBundle) -> str:
             h.update(key.encode())
             h.update(state[key].detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_checkpoint(
@@ -91,10 +82,9 @@ def save_checkpoint(
         "weights": weights.name,
         "extra": extra or {},
     }
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(weights, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
-    text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
-    _atomic_write(meta_path, lambda p: p.write_text(text, encoding="utf-8"))
+    write_pair(
+        weights, meta_path, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}), meta
+    )
     return weights, meta_path
 
 
@@ -102,7 +92,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     """The validated JSON metadata of a checkpoint, with one-line errors."""
     weights, meta_path = checkpoint_paths(path)
     for p in (meta_path, weights):
-        if not p.is_file():
+        if not p.is_file() and not (p == weights and has_backup(weights, meta_path)):
             raise OvsegError(
                 f"checkpoint file not found: {p} (a checkpoint is NAME.safetensors + NAME.json)"
             )
@@ -129,12 +119,14 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint's safetensors file, with one-line errors for bad files."""
+def read_weights(path: str | Path, meta: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint's safetensors file (the one ``meta`` names by digest)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    weights, _ = checkpoint_paths(path)
+    weights, meta_path = checkpoint_paths(path)
+    if meta is not None:
+        weights = resolve_weights(weights, meta_path, meta)
     try:
         return load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
@@ -192,7 +184,7 @@ def load_checkpoint(
             f"than the ones loaded ({clip.weights}); pass --pretrained with the weights it names"
         )
     model = OV2VSS(cfg, clip)
-    tensors = read_weights(path)
+    tensors = read_weights(path, meta)
     diff = _differences(model, tensors)
     if diff:
         raise OvsegError(

@@ -106,7 +106,10 @@ def save_training_state(
 
 def training_metadata(path: Path) -> dict[str, Any]:
     """The ``extra.train`` part of a training checkpoint, or a clear error."""
-    meta = read_metadata(path)
+    return _train_part(read_metadata(path), path)
+
+
+def _train_part(meta: dict[str, Any], path: Path) -> dict[str, Any]:
     train = meta.get("extra", {}).get("train")
     if not train:
         raise OvsegError(
@@ -123,8 +126,9 @@ def load_training_state(
     scaler: Any,
 ) -> Progress:
     """Restore weights, optimizer, scheduler, scaler and RNG states; returns the progress."""
-    train = training_metadata(path)
-    stored = read_weights(path)
+    meta = read_metadata(path)
+    train = _train_part(meta, path)
+    stored = read_weights(path, meta)
     weights = {k: v for k, v in stored.items() if not k.startswith("extra/")}
     tensors = {k[len("extra/") :]: v for k, v in stored.items() if k.startswith("extra/")}
     missing = set(model.trainable_state_dict()) - set(weights)
