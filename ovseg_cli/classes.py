@@ -79,6 +79,8 @@ def _validated(specs: list[ClassSpec], source: str) -> list[ClassSpec]:
         )
     seen: dict[str, str] = {}
     for spec in specs:
+        if ":" in spec.name:  # CVAT's labelmap and our own syntax use it as a separator
+            raise OvsegError(f"{source}: class name {spec.name!r} contains ':'")
         k = _key(spec.name)
         if k in seen:
             raise OvsegError(f"{source}: class {spec.name!r} is named twice")
@@ -87,14 +89,22 @@ def _validated(specs: list[ClassSpec], source: str) -> list[ClassSpec]:
 
 
 def parse_classes(text: str) -> list[ClassSpec]:
-    """Parse a comma-separated class list such as ``"road,sky,horse"``."""
+    """Parse a comma-separated class list such as ``"road,sky: #87ceeb,person: pedestrian"``.
+
+    Each item is read like a classes-file line: ``name``, ``name: #rrggbb`` or
+    ``name: prompt`` (a comma starts the next class, so one prompt or colour each).
+    """
     if not text or not text.strip():
         raise OvsegError("--classes is empty: give class names separated by commas")
-    names = [" ".join(part.split()) for part in text.split(",")]
-    for i, name in enumerate(names, start=1):
-        if not name:
-            raise OvsegError(f"--classes: class {i} of {len(names)} is empty (stray comma?)")
-    return _validated([ClassSpec(n) for n in names], "--classes")
+    parts = text.split(",")
+    specs = []
+    for i, part in enumerate(parts, start=1):
+        where = f"--classes: class {i} of {len(parts)}"
+        spec = parse_class_line(part, where) if part.strip() else None
+        if spec is None:
+            raise OvsegError(f"{where} is empty (stray comma?)")
+        specs.append(spec)
+    return _validated(specs, "--classes")
 
 
 def parse_class_line(line: str, where: str) -> ClassSpec | None:
@@ -130,6 +140,8 @@ def parse_class_line(line: str, where: str) -> ClassSpec | None:
 def read_classes_file(path: str | Path) -> list[ClassSpec]:
     """Read a classes file (see the module docstring for the format)."""
     p = Path(path)
+    if p.is_dir():
+        raise OvsegError(f"--classes-file {p} is a folder, not a classes file")
     if not p.is_file():
         raise OvsegError(f"classes file not found: {p}")
     try:
@@ -186,10 +198,10 @@ def resolve_classes(
         raise OvsegError('no classes: pass --classes "road,sky,..." or --classes-file FILE')
     if isinstance(classes, str):
         return parse_classes(classes)
-    specs = [
-        c if isinstance(c, ClassSpec) else ClassSpec(" ".join(str(c).split())) for c in classes
-    ]
-    for i, s in enumerate(specs, start=1):
-        if not s.name:
-            raise OvsegError(f"classes: class {i} of {len(specs)} is empty")
+    specs: list[ClassSpec] = []
+    for i, c in enumerate(classes, start=1):
+        spec = c if isinstance(c, ClassSpec) else parse_class_line(str(c), f"classes: class {i}")
+        if spec is None or not spec.name:
+            raise OvsegError(f"classes: class {i} of {len(classes)} is empty")
+        specs.append(spec)
     return _validated(specs, "classes")

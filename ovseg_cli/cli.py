@@ -63,7 +63,7 @@ def segment(
         "--classes-file",
         help="File with one class per line ('name: prompt, prompt, #rrggbb').",
     ),
-    out: Path = typer.Option(
+    out: str = typer.Option(
         None, "--out", "-o", help="Output folder.", show_default="<video stem>_ovseg"
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
@@ -135,6 +135,7 @@ def segment(
             cfg,
             out=out,
             overwrite=overwrite,
+            inputs=[p for p in (classes_file, config) if p is not None],
             on_start=(lambda info, total: progress.start(total)) if progress else None,
             on_frame=on_frame if progress else None,
         )

@@ -6,6 +6,7 @@ module keeps their reporting identical and has no heavy imports.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from ovseg_cli.errors import OvsegError
+from ovseg_cli.errors import Interrupted, OvsegError, stop_signals
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,20 +51,56 @@ def setup_logging() -> None:
     log.propagate = False
 
 
+def _disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    text = str(exc)  # safetensors and some codecs wrap the OS error in their own type
+    return "No space left on device" in text or "StorageFull" in text
+
+
+class DiskFull(OvsegError):
+    """The disk filled up while writing an output (not a bug, not bad input)."""
+
+    exit_code = 1
+
+
+def _disk_full_error(exc: BaseException) -> DiskFull:
+    from ovseg_cli.outputs import active_destinations
+
+    where = getattr(exc, "filename", None) or next(iter(active_destinations()), None)
+    return DiskFull(f"disk full writing {where or 'the output'}; partial output removed")
+
+
 def friendly_errors(fn: F) -> F:
-    """Turn OvsegError into one line and exit code 2; never show a traceback for bad input."""
+    """Turn OvsegError into one line and exit code 2; never show a traceback for bad input.
+
+    A stop signal removes the partial output and exits 128 + its number (130 for Ctrl-C,
+    143 for SIGTERM, 129 for SIGHUP).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from ovseg_cli.outputs import discard_active
+
         setup_logging()
         try:
-            return fn(*args, **kwargs)
+            with stop_signals():
+                try:
+                    return fn(*args, **kwargs)
+                except Exception as exc:
+                    if _disk_full(exc):
+                        raise _disk_full_error(exc) from None
+                    raise
+                finally:
+                    discard_active()  # whatever the way out, no partial folder stays
         except OvsegError as exc:
             error(str(exc))
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            error("interrupted; partial output removed")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            code = exc.exit_code if isinstance(exc, Interrupted) else 130
+            name = str(exc) if isinstance(exc, Interrupted) else "SIGINT"
+            error(f"interrupted ({name}); partial output removed")
+            raise typer.Exit(code) from None
         except typer.Exit:
             raise
         except Exception as exc:

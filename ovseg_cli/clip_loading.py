@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import socket
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,14 +256,36 @@ def _create_random(arch: str, seed: int = 0) -> Any:
         return _create(arch)
 
 
+def _load_failure(exc: Exception) -> str:
+    """Why a weights file did not load, as one whole clause (never cut mid-sentence)."""
+    import pickle
+
+    text = str(exc).strip()
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
+        return (
+            "it is a pickle file holding code or objects besides tensors, which ovseg never "
+            "loads (that could run code); convert it to .safetensors"
+        )
+    if "Error(s) in loading state_dict" in text:
+        missing = "Missing key(s)" in text
+        unexpected = "Unexpected key(s)" in text
+        shapes = "size mismatch" in text
+        what = [w for w, hit in (("keys missing", missing), ("unexpected keys", unexpected),
+                                 ("tensor shapes differ", shapes)) if hit]  # fmt: skip
+        return f"its tensors do not fit this architecture ({', '.join(what) or 'mismatch'})"
+    first = (text.splitlines() or [type(exc).__name__])[0]
+    return f"{type(exc).__name__}: {first if len(first) <= 160 else first[:157] + '...'}"
+
+
 def _load_file(arch: str, path: Path, **kwargs: Any) -> Any:
     """Build ``arch`` and load a local weights file into it, refusing anything else."""
     try:
-        return _create(arch, pretrained=str(path), **kwargs)
+        with warnings.catch_warnings():  # torch warns about pickle protocols: not for users
+            warnings.simplefilter("ignore")
+            return _create(arch, pretrained=str(path), **kwargs)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise OvsegError(
-            f"{path} is not a CLIP checkpoint for {arch} ({type(exc).__name__}: {first[:160]})"
+            f"{path} is not a CLIP checkpoint for {arch}: {_load_failure(exc)}"
         ) from None
 
 

@@ -8,6 +8,7 @@ with a suggestion), and the resolved values are saved with every run.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -18,6 +19,13 @@ from typing import Any, TypeVar
 from ovseg_cli.errors import OvsegError, did_you_mean
 
 T = TypeVar("T")
+
+# Upper limits of the settings that scale memory (the estimate in memory.py decides within)
+MAX_SIDE = 4096  # --size, --window, --flow-size, eval --size: pixels
+MAX_BATCH = 256  # --batch: keyframes per encoder pass
+MAX_INTERVAL = 1000  # --keyframe-interval, --max-interval: frames held between keyframes
+MAX_HISTORY = 64  # --temporal-history: fused frames kept
+MAX_VC = 256  # eval --vc: frames of a consistency window
 
 
 def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
@@ -171,6 +179,9 @@ class EvalConfig:
         validate(self)
         if self.limit_videos is not None and self.limit_videos < 1:
             raise OvsegError(f"limit_videos must be at least 1, not {self.limit_videos}")
+        _check_range("size", self.size, 16, MAX_SIDE, " pixels")
+        for n in self.vc:
+            _check_range("each vc window", n, 2, MAX_VC, " frames")
         if self.examples < 0:
             raise OvsegError(f"examples must be >= 0, not {self.examples}")
 
@@ -194,16 +205,13 @@ def _check_segment(cfg: SegmentConfig) -> None:
         raise OvsegError(f"alpha must be between 0 and 1, not {cfg.alpha}")
     if not 0.0 <= cfg.temporal_strength <= 1.0:
         raise OvsegError(f"temporal_strength must be between 0 and 1, not {cfg.temporal_strength}")
-    if cfg.temporal_history < 1:
-        raise OvsegError(f"temporal_history must be at least 1, not {cfg.temporal_history}")
+    _check_range("temporal_history", cfg.temporal_history, 1, MAX_HISTORY)
     if cfg.temporal_radius <= 0:
         raise OvsegError(f"temporal_radius must be positive, not {cfg.temporal_radius}")
     if not 0.0 <= cfg.shot_threshold <= 255.0:
         raise OvsegError(f"shot_threshold must be between 0 and 255, not {cfg.shot_threshold}")
-    if cfg.size is not None and cfg.size < 16:
-        raise OvsegError(f"size must be at least 16 pixels, not {cfg.size}")
-    if cfg.window is not None and cfg.window < 16:
-        raise OvsegError(f"window must be at least 16 pixels, not {cfg.window}")
+    _check_range("size", cfg.size, 16, MAX_SIDE, " pixels")
+    _check_range("window", cfg.window, 16, MAX_SIDE, " pixels")
     if cfg.start < 0:
         raise OvsegError(f"start must be >= 0 seconds, not {cfg.start}")
     if cfg.end is not None and cfg.end <= cfg.start:
@@ -226,16 +234,21 @@ def _check_keyframes(cfg: SegmentConfig) -> None:
             f"keyframe_interval must be a whole number >= 1 or 'auto', not {cfg.keyframe_interval!r}"
         )
     cfg.keyframe_interval = interval if interval == "auto" else str(int(interval))
-    if cfg.max_interval < 1:
-        raise OvsegError(f"max_interval must be at least 1, not {cfg.max_interval}")
+    if interval != "auto":
+        _check_range("keyframe_interval", int(interval), 1, MAX_INTERVAL)
+    _check_range("max_interval", cfg.max_interval, 1, MAX_INTERVAL)
     if not 0.0 < cfg.keyframe_error <= 1.0:
         raise OvsegError(f"keyframe_error must be in (0, 1], not {cfg.keyframe_error}")
     if cfg.bidirectional and cfg.keyframe_interval == "1":
         raise OvsegError("bidirectional needs keyframe_interval above 1 or auto")
-    if cfg.flow_size < 16:
-        raise OvsegError(f"flow_size must be at least 16 pixels, not {cfg.flow_size}")
-    if cfg.batch is not None and cfg.batch < 1:
-        raise OvsegError(f"batch must be at least 1, not {cfg.batch}")
+    _check_range("flow_size", cfg.flow_size, 16, MAX_SIDE, " pixels")
+    _check_range("batch", cfg.batch, 1, MAX_BATCH)
+
+
+def _check_range(name: str, value: int | None, low: int, high: int, unit: str = "") -> None:
+    """None (the default) or low <= value <= high, else a one-line error."""
+    if value is not None and not low <= value <= high:
+        raise OvsegError(f"{name} must be between {low} and {high}{unit}, not {value}")
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -274,7 +287,10 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
         if annotation is float:
             if isinstance(value, bool):
                 raise ValueError(value)
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # nan and inf pass every range check silently
+                raise OvsegError(f"{source}: {key} must be a finite number, not {value!r}")
+            return number
         if annotation is str:
             if isinstance(value, (dict, list)):
                 raise ValueError(value)

@@ -1,9 +1,18 @@
-"""The one exception type users see: a single line, exit code 2, no traceback."""
+"""What users see when a run cannot go on: one-line errors (exit 2) and stop signals.
+
+``OvsegError`` is a problem with the input or the environment, shown as one line with no
+traceback. ``Interrupted`` is a stop signal (Ctrl-C, SIGTERM, SIGHUP) raised in the main
+thread like Ctrl-C, so the same cleanup runs for each.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Iterable
+import signal
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 
 class OvsegError(Exception):
@@ -16,3 +25,48 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean X?)' for the closest choice, or '' when none is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal (SIGINT, SIGTERM or SIGHUP) raised in the main thread like Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as shells report a process killed by it."""
+        return 128 + self.signum
+
+
+STOP_SIGNALS = tuple(
+    s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
+    if s is not None
+)  # fmt: skip
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """Within the block, each stop signal raises Interrupted once; later ones wait for cleanup.
+
+    Schedulers send SIGTERM and closing a terminal sends SIGHUP: both must clean up like
+    Ctrl-C instead of dying on the default handler with partial output on disk.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = False
+
+    def handle(signum: int, frame: Any) -> None:
+        nonlocal raised
+        if not raised:  # a second signal must not cut the cleanup of the first short
+            raised = True
+            raise Interrupted(signum)
+
+    old = {s: signal.signal(s, handle) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

@@ -27,7 +27,7 @@ def eval_command(
     clip: str = _opt(SegmentConfig, "clip", "--clip"),
     pretrained: str = _opt(SegmentConfig, "pretrained", "--pretrained"),
     dense_method: str = _opt(SegmentConfig, "dense_method", "--dense-method"),
-    out: Path = typer.Option(
+    out: str = typer.Option(
         None, "--out", "-o", help="Report folder.", show_default="<dataset>_eval_<split>"
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report folder."),

@@ -17,7 +17,7 @@ from typing import Any
 from ovseg_cli import __version__
 from ovseg_cli.config import EvalConfig, SegmentConfig, to_dict
 from ovseg_cli.evaluation import EvalResult
-from ovseg_cli.outputs import OutputFolder
+from ovseg_cli.outputs import OutputFolder, check_destination
 
 
 def _clean(x: Any) -> Any:
@@ -114,9 +114,16 @@ def run_eval(
     from ovseg_cli.datasets.index import load_index
 
     index = load_index(data)
-    final = Path(out) if out else Path.cwd() / f"{index.root.name}_eval_{cfg.split}"
-    folder = OutputFolder(final, overwrite=overwrite)
+    final = Path.cwd() / f"{index.root.name}_eval_{cfg.split}" if out is None else out
+    inputs = [index.root, index.source_root or None, cfg.classes_file]
+    if seg.checkpoint:
+        from ovseg_cli.model.checkpoint import checkpoint_paths
+
+        inputs.extend(checkpoint_paths(seg.checkpoint))
+    check_destination(final, "eval", overwrite=overwrite, inputs=inputs)
+    folder = None
     try:
+        folder = OutputFolder(final, "eval", overwrite=overwrite, inputs=inputs)
         from ovseg_cli.evaluation import evaluate
         from ovseg_cli.segmenter import load_model
 
@@ -132,5 +139,6 @@ def run_eval(
         bar_chart(result, index, folder.path / "per_class_iou.png")
         return folder.commit(), report, result
     except BaseException:
-        folder.discard()
+        if folder is not None:
+            folder.discard()
         raise

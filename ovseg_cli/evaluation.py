@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from ovseg_cli.classes import ClassSpec, read_classes_file
 from ovseg_cli.config import EvalConfig
-from ovseg_cli.datasets.index import IGNORE_INDEX, PreparedIndex, Video
+from ovseg_cli.datasets.index import IGNORE_INDEX, PreparedIndex, Video, check_files
 from ovseg_cli.errors import OvsegError, did_you_mean
 from ovseg_cli.metrics import ConfusionMatrix, VideoConsistency
 from ovseg_cli.pipeline import logits_to_mask
@@ -95,15 +95,35 @@ def _frames(
 ) -> Iterator[tuple[torch.Tensor, np.ndarray, np.ndarray | None]]:
     """(prepared image, RGB frame, label) per frame of a video, read in a background thread."""
     for frame in video.frames:
-        with Image.open(frame.image) as img:
-            rgb = np.array(img.convert("RGB"))
+        rgb = _read_image(frame.image, "RGB")
         label = None
         if frame.label is not None:
-            with Image.open(frame.label) as lab:
-                label = np.array(lab)
+            label = _read_image(frame.label, None)
             if label.shape != rgb.shape[:2]:
                 raise OvsegError(f"{frame.label}: label size differs from its frame {frame.image}")
         yield model.prepare(rgb, size or min(rgb.shape[:2])), rgb, label
+
+
+def _read_image(path: str, mode: str | None) -> np.ndarray:
+    """An image file as an array, with a one-line error for a missing or broken file."""
+    try:
+        with Image.open(path) as img:
+            return np.array(img.convert(mode) if mode else img)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise OvsegError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _check_memory(model: Any, videos: Sequence[Video], classes: int, size: int | None) -> None:
+    from ovseg_cli.memory import available_device_bytes, available_host_bytes, check_fits
+
+    for video in videos:
+        if video.size is None:
+            continue
+        w, h = video.size
+        need = model.memory_estimate(h, w, 1, classes, size or min(h, w))
+        free = available_device_bytes(model.device) or available_host_bytes()
+        advice = "pass a smaller --size" + ("" if size else " (the default is the frame's own)")
+        check_fits(need, free, f"evaluating {w}x{h} frames of {video.name}", advice)
 
 
 def evaluate(
@@ -122,6 +142,8 @@ def evaluate(
     videos = [v for v in videos if v.labelled]
     if not videos:
         raise OvsegError(f"no labelled videos in the {cfg.data_split} split of {index.path}")
+    check_files(index, videos)
+    _check_memory(model, videos, len(classes), cfg.size)
     vocabulary = model.encode_vocabulary(class_specs(index, classes, cfg.classes_file))
     lut = np.full(256, IGNORE_INDEX, np.uint8)  # dataset class -> position in the vocabulary
     lut[classes] = np.arange(len(classes), dtype=np.uint8)

@@ -183,6 +183,11 @@ class SegmentationStream:
         else:
             self.reader = VideoReader(video, start=start, end=end)
         self.info: VideoInfo = self.reader.info
+        try:
+            self._check_memory()
+        except BaseException:
+            self.reader.close()
+            raise
         self.state: SegmentState = model.init_state()
         self.keyframes = 0  # frames that went through the model so far
         self.shot_threshold = shot_threshold  # 0: no cut detection
@@ -193,6 +198,27 @@ class SegmentationStream:
         self._frames = Prefetcher(self._plan(), depth=max(4, self.batch))
         self._results = self._stream()
         self._closed = False
+
+    def _check_memory(self) -> None:
+        """Refuse settings whose memory would exceed what is available, before any work."""
+        from ovseg_cli.memory import available_device_bytes, available_host_bytes, check_fits
+
+        h, w = self.info.height, self.info.width
+        step = self.model.memory_estimate(h, w, self.batch, len(self.vocabulary.names))
+        s = self.settings
+        gap = (s.interval or s.max_interval) if s.propagating else 1
+        side = min(s.flow_size or h, h, w)
+        flow = side * side * 16 // 9 * 8 if s.propagating else 0  # (h, w, 2) float32
+        held = (gap * self.batch + max(4, self.batch) + 4) * (h * w * 3 + flow)
+        advice = "use a smaller --size, --window N, --batch or --keyframe-interval"
+        device = self.model.device
+        on_device = available_device_bytes(device)
+        what = f"segmenting {w}x{h} frames with these settings"
+        if on_device is not None:
+            check_fits(step, on_device, f"{what} on {device}", advice)
+            check_fits(held, available_host_bytes(), what, advice)
+        else:
+            check_fits(step + held, available_host_bytes(), what, advice)
 
     def _plan(self) -> Iterator[_Planned]:
         """Reader thread: decode, choose keyframes, prepare their input, compute flows."""

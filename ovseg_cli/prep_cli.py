@@ -62,7 +62,7 @@ def vspw(
         help="VSPW 480p root: data/, train.txt, ..., label_num_dic_final.json.",
         show_default=False,
     ),
-    out: Path = _OUT,
+    out: str = _OUT,
     seen: str = _seen("0-79: the first 80 classes, as in the paper"),
     split_file: Path = _SPLIT_FILE,
     copy: bool = _copy(),
@@ -80,7 +80,7 @@ def cityscapes(
     root: Path = typer.Argument(
         ..., help="Cityscapes root: leftImg8bit_sequence/ and gtFine/.", show_default=False
     ),
-    out: Path = _OUT,
+    out: str = _OUT,
     seen: str = _seen("all: Cityscapes serves cross-dataset evaluation"),
     split_file: Path = _SPLIT_FILE,
     copy: bool = _copy(),
@@ -100,7 +100,7 @@ def camvid(
         help="CamVid root in the SegNet layout: train/, trainannot/, val/, ...",
         show_default=False,
     ),
-    out: Path = _OUT,
+    out: str = _OUT,
     seen: str = _seen("0-6: the first 7 classes"),
     split_file: Path = _SPLIT_FILE,
     copy: bool = _copy(),
@@ -118,7 +118,7 @@ def folder(
     root: Path = typer.Argument(
         ..., help="Folder with classes.txt and <video>/frames/, <video>/masks/.", show_default=False
     ),
-    out: Path = _OUT,
+    out: str = _OUT,
     seen: str = _seen("all"),
     split_file: Path = _SPLIT_FILE,
     split: str = typer.Option(
@@ -138,7 +138,7 @@ def folder(
 def _prepare(
     fmt: str,
     root: Path,
-    out: Path,
+    out: str,
     seen: str | None,
     split_file: Path | None,
     copy: bool,

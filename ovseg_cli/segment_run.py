@@ -20,7 +20,7 @@ from ovseg_cli import __version__
 from ovseg_cli.classes import ClassSpec, colors_for, with_background
 from ovseg_cli.config import SegmentConfig, to_dict
 from ovseg_cli.errors import OvsegError
-from ovseg_cli.outputs import OutputFolder
+from ovseg_cli.outputs import OutputFolder, check_destination
 from ovseg_cli.video_reader import VideoInfo, VideoReader
 
 MASK_FORMAT = "palette PNG, pixel value = class index, 255 = unlabelled"
@@ -70,6 +70,18 @@ def _input_meta(info: VideoInfo, cfg: SegmentConfig) -> dict[str, Any]:
     }
 
 
+def run_inputs(video: str | Path, config: SegmentConfig) -> list[Path]:
+    """Files a segment run reads, which its output folder must never replace or hold."""
+    paths = [Path(video)]
+    if config.checkpoint:
+        from ovseg_cli.model.checkpoint import checkpoint_paths
+
+        paths.extend(checkpoint_paths(config.checkpoint))
+    if config.pretrained and Path(config.pretrained).expanduser().exists():
+        paths.append(Path(config.pretrained))
+    return paths
+
+
 def run_segment(
     video: str | Path,
     classes: Sequence[ClassSpec],
@@ -77,11 +89,16 @@ def run_segment(
     *,
     out: str | Path | None = None,
     overwrite: bool = False,
+    inputs: Sequence[str | Path] = (),
     model: Any = None,
     on_start: Callable[[VideoInfo, int | None], None] | None = None,
     on_frame: Callable[[Any], None] | None = None,
 ) -> SegmentRun:
-    """Segment ``video`` and write the output folder; nothing is left behind on failure."""
+    """Segment ``video`` and write the output folder; nothing is left behind on failure.
+
+    ``inputs``: more files the run reads (classes file, config file), which the output
+    folder may not be or hold, like the video and the weights.
+    """
     classes = with_background(classes, config.background)
     exports = config.export or []
     if not (config.overlay or config.masks or exports):
@@ -91,13 +108,12 @@ def run_segment(
 
         check_exports(exports, [c.name for c in classes], colors_for(classes))
     # cheap checks first: bad input fails before torch is even imported
+    destination = default_out_dir(video) if out is None else out
+    check_destination(
+        destination, "segment", overwrite=overwrite, inputs=[*run_inputs(video, config), *inputs]
+    )
     reader = VideoReader(video, start=config.start, end=config.end)
     info = reader.info
-    try:
-        folder = OutputFolder(out or default_out_dir(video), overwrite=overwrite)
-    except BaseException:
-        reader.close()
-        raise
 
     from ovseg_cli.pipeline import SegmentationStream
     from ovseg_cli.propagation import KeyframeSettings
@@ -106,8 +122,12 @@ def run_segment(
     from ovseg_cli.threads import BackgroundWorker
     from ovseg_cli.video_writer import VideoWriter
 
-    writer = stream = worker = sinks = None
+    writer = stream = worker = sinks = folder = None
     try:
+        folder = OutputFolder(
+            destination, "segment", overwrite=overwrite,
+            inputs=[*run_inputs(video, config), *inputs],
+        )  # fmt: skip
         t0 = time.perf_counter()
         model = model or load_model(config)
         vocabulary = model.encode_vocabulary(classes)
@@ -174,6 +194,8 @@ def run_segment(
             "input": _input_meta(info, config),
             "output": {
                 "frames": frames,
+                "frames_expected": reader.frames_expected,  # what the container announced
+                "truncated": reader.truncated,
                 "skipped_frames": stream.skipped,
                 "overlay": "overlay.mp4" if writer is not None else None,
                 "video_codec": writer.codec_name if writer is not None else None,
@@ -214,7 +236,8 @@ def run_segment(
             writer.abort()
         if sinks is not None:
             sinks.abort()
-        folder.discard()
+        if folder is not None:
+            folder.discard()
         raise
     finally:
         if stream is not None:

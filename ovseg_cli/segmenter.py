@@ -83,6 +83,31 @@ class TrainingFreeSegmenter:
         size = self.input_size(*rgb.shape[:2], short_side)
         return to_model_input(rgb, size, self.clip.mean, self.clip.std)
 
+    def memory_estimate(
+        self, height: int, width: int, batch: int, classes: int, short_side: int | None = None
+    ) -> int:
+        """Bytes one step on ``batch`` frames of this size needs at most (see memory.py)."""
+        from ovseg_cli.dense_clip import _starts
+        from ovseg_cli.memory import FLOAT, fusion_bytes, vit_bytes
+
+        h, w = self.input_size(height, width, short_side)
+        p = self.encoder.patch
+        visual = self.clip.visual
+        heads = visual.transformer.resblocks[0].attn.num_heads
+        images, tokens = batch, (h // p) * (w // p) + 1
+        if self.window is not None and max(h, w) > self.window:
+            win = max(p, self.window // p * p)
+            stride = max(p, round(win * 2 / 3 / p) * p)
+            images *= len(_starts(h, win, stride)) * len(_starts(w, win, stride))
+            tokens = (min(h, win) // p) * (min(w, win) // p) + 1
+        need = vit_bytes(tokens, images, visual.transformer.width, heads)
+        need += batch * h * w * 3 * (FLOAT + 1) * 2  # resized frames, uint8 and float
+        patches, dim = (h // p) * (w // p), visual.output_dim
+        need += batch * patches * (dim + classes) * FLOAT * 2  # embeddings, logits
+        if self.fusion is not None:
+            need += fusion_bytes(patches, self.fusion.history, dim)
+        return need
+
     def init_state(self) -> SegmentState:
         """A fresh, empty stream state."""
         return SegmentState(temporal=self.fusion.init_state() if self.fusion else None)

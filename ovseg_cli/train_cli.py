@@ -14,12 +14,15 @@ def train_command(
     data: Path = typer.Option(
         ..., "--data", "-d", help="Prepared dataset (folder with index.json)."
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder: config, metrics, checkpoints."),
+    out: str = typer.Option(..., "--out", "-o", help="Run folder: config, metrics, checkpoints."),
     config: Path = typer.Option(None, "--config", help="YAML config (see examples/configs/)."),
     assignments: list[str] = typer.Option(
         [], "--set", help="Override one setting, e.g. --set optim.lr=1e-5 (repeatable)."
     ),
     resume: bool = typer.Option(False, "--resume", help="Go on from OUT/last.safetensors."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Start afresh in OUT, replacing an earlier ovseg run there."
+    ),
     max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many steps."),
     clip: str = typer.Option(None, "--clip", help="Frozen CLIP architecture (model.clip)."),
     pretrained: str = typer.Option(None, "--pretrained", help="CLIP weights (model.pretrained)."),
@@ -40,7 +43,7 @@ def train_command(
         "run.device": device, "optim.precision": precision,
     }  # fmt: skip
     if resume:
-        saved_path = out / "config.yaml"
+        saved_path = Path(out) / "config.yaml"
         if not saved_path.is_file():
             raise OvsegError(f"nothing to resume: {saved_path} does not exist")
         saved = resolve_train_config(load_yaml(saved_path))
@@ -55,22 +58,27 @@ def train_command(
     say = console().print if not quiet else None
     try:
         result = train(
-            data, out, cfg, resume=resume,
+            data, out, cfg, resume=resume, overwrite=overwrite,
+            inputs=[config] if config is not None else [],
             on_start=bar.start if bar else None, on_log=bar.update if bar else None,
             on_message=say,
         )  # fmt: skip
     finally:
         if bar is not None:
             bar.stop()
-    if not quiet:
-        best = f", best validation mIoU {100 * result.best:.2f}" if result.best is not None else ""
-        what = (
-            "stopped by Ctrl-C (resume with --resume)"
-            if result.stopped == "interrupted"
-            else "done"
+    best = f", best validation mIoU {100 * result.best:.2f}" if result.best is not None else ""
+    if result.stopped == "interrupted":
+        import signal
+
+        name = signal.Signals(result.signal or signal.SIGINT).name
+        console().print(
+            f"[yellow]stopped by {name}:[/] checkpoint at step {result.steps} in "
+            f"{result.run_dir}; go on with --resume"
         )
+        raise typer.Exit(128 + (result.signal or signal.SIGINT))  # `train && eval` stops here
+    if not quiet:
         console(stderr=False).print(
-            f"[green]{what}:[/] {result.steps} steps in {result.seconds:.0f} s{best} -> {result.run_dir}"
+            f"[green]done:[/] {result.steps} steps in {result.seconds:.0f} s{best} -> {result.run_dir}"
         )
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ import av.error
 import numpy as np
 
 from ovseg_cli.errors import OvsegError
+
+log = logging.getLogger("ovseg")
 
 # Float seconds from Fraction arithmetic: treat a frame within a microsecond of a boundary as
 # sitting on it, so e.g. start=1.0 keeps a frame whose pts is exactly one second.
@@ -253,6 +256,8 @@ class VideoReader:
         self.start = float(start)
         self.end = None if end is None else float(end)
         self.skipped = 0
+        self.frames_decoded = 0
+        self.truncated = False  # the video ended before its container said it would
         self._iterated = False
         self._last_ts: int | None = None
         p, probe_container = open_input(path)
@@ -316,6 +321,7 @@ class VideoReader:
         tb = self.info.time_base
         count = 0
         decoded_any = False
+        reached_end = False
         for frame in self._frames():
             decoded_any = True
             ts = self._timestamp(frame)
@@ -323,11 +329,34 @@ class VideoReader:
             if time < self.start - TIME_EPS:
                 continue
             if self.end is not None and time >= self.end - TIME_EPS:
+                reached_end = True
                 break
             yield DecodedFrame(index=count, pts=ts, time=time, rgb=self._to_rgb(frame))
             count += 1
+            self.frames_decoded = count
         if count == 0:
             raise OvsegError(self._empty_message(decoded_any))
+        if not reached_end:
+            self._check_length(count)
+
+    @property
+    def frames_expected(self) -> int | None:
+        """Frames the container announces for the range (None: it does not say)."""
+        return self.info.frames_between(self.start, self.end)
+
+    def _check_length(self, count: int) -> None:
+        """Warn when the file ends well before its container said (a cut-off download, say)."""
+        expected = self.frames_expected
+        if expected is None or expected - count <= max(1, expected // 100):
+            return  # within the rounding of a duration-based estimate
+        self.truncated = True
+        log.warning(
+            "%s ended after %d of the %d frames its container announces (truncated file?); "
+            "segmented what is there",
+            self.info.path,
+            count,
+            expected,
+        )
 
     def _empty_message(self, decoded_any: bool) -> str:
         path = self.info.path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -13,15 +14,26 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/video_factory.py
 
 from video_factory import make_video
 
-SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
+SHARED_DATA = SHARED / "data"
+# CI sets this (.ci/run): a missing ../shared folder must fail the run, not skip its tests
+REQUIRE_SHARED = os.environ.get("OVSEG_REQUIRE_SHARED_DATA", "") not in ("", "0")
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, or skip the test with the reason (fail where CI requires it)."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        message = f"shared data not present: {path}"
+        if REQUIRE_SHARED:
+            pytest.fail(f"{message} (OVSEG_REQUIRE_SHARED_DATA is set)")
+        pytest.skip(message)
+    return path
 
 
 def shared_file(*parts: str) -> Path:
-    """A file of ../shared/data, or skip the test with the reason."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"shared data not present: {path}")
-    return path
+    """A file of ../shared/data, or skip the test with the reason (fail where CI requires it)."""
+    return shared_path("data", *parts)
 
 
 @pytest.fixture(autouse=True)

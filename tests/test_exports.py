@@ -242,7 +242,7 @@ def test_cli_run_has_every_export_and_the_background_class(exported) -> None:
     assert meta["classes"][0]["color"] == [255, 0, 0]
     assert meta["config"]["export"] == ["cvat", "coco", "stats"]
     assert set(meta["output"]["exports"]) == {"cvat", "coco", "stats"}
-    assert not list(out.glob(".*"))
+    assert [p.name for p in out.glob(".*")] == [".ovseg-output.json"]  # the marker, no temporaries
 
 
 def test_cli_coco_round_trip(exported) -> None:
@@ -291,7 +291,7 @@ def test_threshold_near_one_and_start_without_overlay(tmp_path: Path, tiny_weigh
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in out.iterdir()) == [
-        "coco.json", "config.yaml", "cvat.zip", "meta.json", "stats.csv",
+        ".ovseg-output.json", "coco.json", "config.yaml", "cvat.zip", "meta.json", "stats.csv",
     ]  # fmt: skip
     _, frames, rgb = read_cvat(out / "cvat.zip")
     assert frames == [f"frame_{i:06d}" for i in range(10, 15)]  # CVAT's numbers in the video

@@ -116,7 +116,14 @@ def test_killed_run_resumes_where_it_stopped(tmp_path: Path, shapes64: Path) -> 
         assert resumed[step] == pytest.approx(ref[step], rel=1e-4, abs=1e-5), step
 
 
-def test_ctrl_c_checkpoints_and_stops(tmp_path: Path, shapes64: Path) -> None:
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
+def test_stop_signal_checkpoints_and_exits_non_zero(
+    tmp_path: Path, shapes64: Path, signum: int, code: int
+) -> None:
+    """Ctrl-C, a scheduler's SIGTERM and a closed terminal's SIGHUP: a resumable checkpoint,
+    then 128 + the signal, so `ovseg train && ovseg eval` does not go on."""
     run = tmp_path / "run"
     proc = subprocess.Popen(
         _cli("train", "--data", shapes64, "--out", run, "--config", _config(tmp_path, steps=5000)),
@@ -125,12 +132,18 @@ def test_ctrl_c_checkpoints_and_stops(tmp_path: Path, shapes64: Path) -> None:
     deadline = time.time() + 240
     while not (run / "last.json").exists() and time.time() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
-    assert "stopped by Ctrl-C" in out
+    assert proc.returncode == code, out
+    assert f"stopped by {signal.Signals(signum).name}" in out and "--resume" in out
     step = json.loads((run / "last.json").read_text())["step"]
     assert max(_losses(run)) == step < 5000
+    res = CliRunner().invoke(
+        app, ["train", "--data", str(shapes64), "--out", str(run), "--resume", "--max-steps",
+              str(step + 2), "-q"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "last.json").read_text())["step"] == step + 2
 
 
 def test_torchrun_with_two_processes(tmp_path: Path, shapes64: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from conftest import shared_file
 
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.video_reader import DecodedFrame, VideoReader, probe_video
@@ -18,10 +19,6 @@ try:  # pytest puts tests/ itself on sys.path unless tests/ becomes a package
     import video_factory as vf
 except ImportError:
     from tests import video_factory as vf
-
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-DOG = DATA / "videos" / "sam2_01_dog.mp4"
-AVI = DATA / "videos" / "opencv_vtest_480x360.avi"
 
 
 def read_all(path: Path, start: float = 0.0, end: float | None = None) -> list[DecodedFrame]:
@@ -304,8 +301,8 @@ def test_unknown_encoder_is_an_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not DOG.exists(), reason=f"real clip not available: {DOG}")
 def test_real_dog_clip_two_seconds(tmp_path: Path) -> None:
+    DOG = shared_file("videos", "sam2_01_dog.mp4")
     info = probe_video(DOG)
     assert info.average_rate == Fraction(30000, 1001) and info.has_audio
     assert info.frames_between(0, 2) == 60
@@ -317,8 +314,8 @@ def test_real_dog_clip_two_seconds(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not AVI.exists(), reason=f"real clip not available: {AVI}")
 def test_real_avi_with_audio(tmp_path: Path) -> None:
+    AVI = shared_file("videos", "opencv_vtest_480x360.avi")
     info = probe_video(AVI)
     assert info.average_rate == 10 and info.has_audio and info.frame_count == 795
     frames = read_all(AVI, 40.0, 42.5)

@@ -102,12 +102,15 @@ def make_video(
     container_format: str | None = None,
     gop: int | None = None,
     bframes: int = 0,
+    faststart: bool = False,
 ) -> Path:
     """Write a small video whose frame i is expected_frame(i) (or corner_marker_frame()).
 
     `rotate` stores a display matrix asking players to turn the picture that many degrees
     clockwise (like a phone's portrait clip); `pts` + `time_base` give variable frame timing;
-    `bframes` turns on frame reordering (in AVI that leaves the demuxer guessing pts).
+    `bframes` turns on frame reordering (in AVI that leaves the demuxer guessing pts);
+    `faststart` puts an mp4's index (frame count, durations) before the data, as streaming
+    sites do, so a cut-off download still announces every frame.
     Odd sizes are encoded as yuv444p, which H.264 allows, so readers see the exact size.
     """
     if pattern not in ("moving_square", "corner"):
@@ -118,7 +121,8 @@ def make_video(
     pts = list(pts) if pts is not None else [round(i / rate / time_base) for i in range(frames)]
     width, height = size
     odd = width % 2 or height % 2
-    with av.open(str(path), mode="w", format=container_format) as out:
+    movflags = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), mode="w", format=container_format, options=movflags) as out:
         options = {"preset": "ultrafast", "crf": "12"} if codec == "libx264" else {}
         if gop:
             options["g"] = str(gop)
@@ -174,6 +178,14 @@ def make_text_file(path: str | Path) -> Path:
     """Write plain text under a video-looking name."""
     path = Path(path)
     path.write_text("this is not a video\n" * 20)
+    return path
+
+
+def truncate(path: str | Path, fraction: float) -> Path:
+    """Cut a file to ``fraction`` of its bytes, as an interrupted download or copy leaves it."""
+    path = Path(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
     return path
 
 

@@ -305,6 +305,25 @@ def load_index(path_or_dir: str | Path) -> PreparedIndex:
     )
 
 
+def check_files(index: PreparedIndex, videos: Iterable[Video]) -> None:
+    """Raise OvsegError naming the first missing files the given videos' frames point to."""
+    missing: list[str] = []
+    total = 0
+    for video in videos:
+        for f in video.frames:
+            for path in (f.image, f.label):
+                if path is not None and not os.path.isfile(path):
+                    total += 1
+                    if len(missing) < 2:
+                        missing.append(path)
+    if total:
+        more = f" and {total - len(missing)} more" if total > len(missing) else ""
+        raise OvsegError(
+            f"{index.path}: {total} file(s) it lists are missing, e.g. {'; '.join(missing)}{more} "
+            "(moved or deleted since `ovseg prep`? prepare the dataset again)"
+        )
+
+
 # ---------------------------------------------------------------------------- writing
 
 

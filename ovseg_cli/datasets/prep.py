@@ -37,7 +37,7 @@ from ovseg_cli.datasets.index import (
     resolve_split,
 )
 from ovseg_cli.errors import OvsegError
-from ovseg_cli.outputs import OutputFolder
+from ovseg_cli.outputs import OutputFolder, check_destination
 from ovseg_cli.rendering import palette_bytes, save_palette_png
 
 log = logging.getLogger("ovseg")
@@ -311,6 +311,7 @@ def prepare(
     t0 = time.perf_counter()
     info = get_format(fmt)
     src = Path(root).expanduser()
+    check_destination(out, "prep", overwrite=overwrite, inputs=[src, split_file])
     if not src.exists():
         raise OvsegError(f"dataset root not found: {src}")
     if not src.is_dir():
@@ -318,8 +319,9 @@ def prepare(
     raw = info.reader(src.resolve(), dict(options or {}))
     _check_videos(raw)
     seen_idx, unseen_idx = resolve_split(raw.classes, seen, split_file, raw.default_seen)
-    folder = OutputFolder(out, overwrite=overwrite)
+    folder = None
     try:
+        folder = OutputFolder(out, "prep", overwrite=overwrite, inputs=[src, split_file])
         jobs = _jobs(raw, folder.path, copy)
         if on_start:
             on_start(raw, sum(len(v.frames) for v in raw.videos))
@@ -348,6 +350,7 @@ def prepare(
         folder.write_text(INDEX_NAME, index_text(data))
         final = folder.commit()
     except BaseException:
-        folder.discard()
+        if folder is not None:
+            folder.discard()
         raise
     return PrepareResult(load_index(final), final, time.perf_counter() - t0)

@@ -108,6 +108,23 @@ class OV2VSSSegmenter:
         resized = resize_rgb(rgb, self.input_size(*rgb.shape[:2], short_side))
         return torch.from_numpy(resized).permute(2, 0, 1).unsqueeze(0)
 
+    def memory_estimate(
+        self, height: int, width: int, batch: int, classes: int, short_side: int | None = None
+    ) -> int:
+        """Bytes one step on ``batch`` frames of this size needs at most (see memory.py)."""
+        from ovseg_cli.memory import FLOAT, vit_bytes
+
+        h, w = self.input_size(height, width, short_side)
+        visual = self.clip.visual
+        p = int(visual.patch_size[0])
+        heads = visual.transformer.resblocks[0].attn.num_heads
+        need = vit_bytes((h // p) * (w // p) + 1, batch, visual.transformer.width, heads)
+        fine = (h // min(self.cfg.strides)) * (w // min(self.cfg.strides))  # stride-8 maps
+        per_class = (self.cfg.cost_dim + self.cfg.guidance_dim) * 4
+        need += batch * fine * (self.cfg.dim * 8 + classes * per_class) * FLOAT
+        need += max(self.cfg.gaps) * fine * self.cfg.dim * 4 * FLOAT  # the ring buffer
+        return need + batch * h * w * 3 * (FLOAT + 1) * 2
+
     def init_state(self) -> StreamState:
         """An empty stream state."""
         return StreamState(capacity=max(self.cfg.gaps) + 1)

@@ -106,8 +106,19 @@ class TrainConfig:
         m = self.model.multiple
         if self.data.crop is not None and any(side % m for side in self.data.crop):
             raise OvsegError(f"data.crop sides must be multiples of {m} (the coarsest stride)")
-        if self.optim.lr <= 0 or self.optim.warmup_steps < 0 or self.data.workers < 0:
-            raise OvsegError("optim.lr must be > 0, optim.warmup_steps and data.workers >= 0")
+        if self.optim.lr <= 0:
+            raise OvsegError(f"optim.lr must be > 0, not {self.optim.lr}")
+        for name, value in (
+            ("optim.warmup_steps", self.optim.warmup_steps), ("data.workers", self.data.workers),
+            ("optim.weight_decay", self.optim.weight_decay), ("optim.clip_grad", self.optim.clip_grad),
+            ("run.val_every", self.run.val_every),
+        ):  # fmt: skip
+            if value < 0:
+                raise OvsegError(f"{name} must be >= 0, not {value}")
+        if self.run.max_steps is not None and self.run.max_steps < 1:
+            raise OvsegError(f"run.max_steps must be at least 1, not {self.run.max_steps}")
+        if self.run.val_videos is not None and self.run.val_videos < 1:
+            raise OvsegError(f"run.val_videos must be at least 1, not {self.run.val_videos}")
 
     @property
     def total_steps(self) -> int:

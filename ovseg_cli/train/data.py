@@ -51,8 +51,11 @@ class ResumableSampler(Sampler[tuple[int, int]]):
 
 
 def _quiet_worker(_: int) -> None:
-    # Ctrl-C is for the main process, which checkpoints and stops the workers itself
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # stop signals are for the main process, which checkpoints and stops the workers itself
+    # (a terminal's SIGHUP and a scheduler's SIGTERM reach the whole process group)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def training_loader(

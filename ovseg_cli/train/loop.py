@@ -15,7 +15,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ovseg_cli.errors import OvsegError
+from ovseg_cli.errors import STOP_SIGNALS, Interrupted, OvsegError
 from ovseg_cli.train import distributed as dist
 from ovseg_cli.train.config import TrainConfig
+from ovseg_cli.train.run_dir import RunDir
 from ovseg_cli.train.state import Progress, load_training_state, save_training_state
 
 # resuming may change these; anything else in the config must match the run
@@ -59,6 +60,7 @@ class TrainResult:
     seconds: float
     last_loss: float | None = None
     validations: list[dict[str, Any]] = field(default_factory=list)
+    signal: int | None = None  # the stop signal of an interrupted run
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -98,25 +100,31 @@ def check_run_dir(run_dir: Path, trainable: int) -> None:
 
 
 class _StopFlag:
-    """Ctrl-C once: finish the step, checkpoint, stop. Twice: stop now."""
+    """Stop signals (Ctrl-C, SIGTERM, SIGHUP): once, finish the step, checkpoint, stop; twice,
+    stop now (the last checkpoint stays)."""
 
     def __init__(self) -> None:
-        self.set = False
-        self._old: Any = None
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    @property
+    def set(self) -> bool:
+        """Whether a stop was asked for."""
+        return self.signum is not None
 
     def __enter__(self) -> _StopFlag:
         with contextlib.suppress(ValueError):  # not the main thread: no handler
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            self._old = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.set:
-            raise KeyboardInterrupt
-        self.set = True
+        if self.signum is not None:
+            raise Interrupted(signum)
+        self.signum = signum
 
     def __exit__(self, *exc: object) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
 
 
 def train(
@@ -125,20 +133,35 @@ def train(
     cfg: TrainConfig,
     *,
     resume: bool = False,
+    overwrite: bool = False,
+    inputs: Sequence[str | Path] = (),
     on_start: Callable[[int, int], None] | None = None,
     on_log: Callable[[StepLog], None] | None = None,
     on_message: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Train OV2VSS on a prepared dataset into ``run_dir`` (see the module doc)."""
+    """Train OV2VSS on a prepared dataset into ``run_dir`` (see the module doc).
+
+    ``overwrite`` replaces an earlier ovseg run folder; ``inputs`` are more files the run
+    reads (its config file), which the run folder may not be or hold.
+    """
     from ovseg_cli.clip_loading import load_clip
     from ovseg_cli.config import dump_yaml
-    from ovseg_cli.datasets.index import load_index
+    from ovseg_cli.datasets.index import check_files, load_index
     from ovseg_cli.evaluation import class_specs
     from ovseg_cli.model.ov2vss import OV2VSS
     from ovseg_cli.prompts import encode_vocabulary, templates_named
     from ovseg_cli.train.data import training_loader
 
-    run_dir = Path(run_dir)
+    index = load_index(data)
+    run = RunDir(
+        run_dir, resume=resume, overwrite=overwrite,
+        inputs=[index.root, index.source_root or None, *inputs],
+    )  # fmt: skip
+    run_dir = run.path
+    if not index.seen:
+        raise OvsegError(f"{index.path}: no seen classes to train on")
+    used = index.videos_in("train") + (index.videos_in("val") if cfg.run.val_every else [])
+    check_files(index, used)
     ctx = dist.setup(cfg.run.device)
     say = on_message if (on_message and ctx.main) else (lambda _msg: None)
     try:
@@ -148,22 +171,14 @@ def train(
                 len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
             )
             torch.set_num_threads(max(1, (cores or 1) // ctx.world - cfg.data.workers))
-        index = load_index(data)
-        if not index.seen:
-            raise OvsegError(f"{index.path}: no seen classes to train on")
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed % 2**32)
         clip = load_clip(cfg.model.clip, cfg.model.pretrained, device=str(ctx.device))
         model = OV2VSS(cfg.model, clip).to(ctx.device).train()
         params = [p for p in model.parameters() if p.requires_grad]
         if ctx.main:
+            run.claim()
             check_run_dir(run_dir, sum(p.numel() for p in params))
-            if resume and not (run_dir / "last.json").exists():
-                raise OvsegError(f"nothing to resume: {run_dir} has no last.json")
-            if not resume and (run_dir / "last.json").exists():
-                raise OvsegError(
-                    f"{run_dir} already holds a run; pass --resume to go on, or another --out"
-                )
             dump_yaml(cfg, run_dir / "config.yaml")
         dist.barrier(ctx)
         specs = class_specs(index, index.seen, None)
@@ -194,6 +209,10 @@ def train(
             on_start(progress.step, cfg.total_steps)
         with _StopFlag() as stop:
             return loop.run(progress, sampler, loader, stop, on_log if ctx.main else None, say)
+    except BaseException:
+        if ctx.main:
+            run.abandon()
+        raise
     finally:
         dist.teardown(ctx)
 
@@ -375,4 +394,5 @@ class _Loop:
             time.perf_counter() - t0,
             last,
             self.validations,
+            stop.signum if stopped == "interrupted" else None,
         )
