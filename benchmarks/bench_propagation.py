@@ -5,7 +5,7 @@
 DATA_DIR is a CamVid copy in the SegNet layout (``val/`` and ``valannot/``, e.g.
 ``../shared/data/camvid``); its val split is one 101-frame sequence at 15 Hz. For each
 keyframe interval K, frames 0, K, 2K, ... are keyframes and carry their ground-truth
-labels; every other frame gets a label map from them with ``ovseg_cli.propagation``, at
+labels; every other frame gets a label map from them with ``ovseg_cli.segment.propagation``, at
 the library's default settings:
 
 - hold: the previous keyframe's labels, unchanged (no flow);
@@ -71,7 +71,7 @@ def run_interval(
     frames: list[np.ndarray], labels: list[np.ndarray], k: int, preset: str, size: int | None
 ) -> tuple[dict[str, float], dict[str, float]]:
     """mIoU per mode and milliseconds per propagated frame per mode, at interval k."""
-    from ovseg_cli.propagation import FlowEstimator, propagate_labels
+    from ovseg_cli.segment.propagation import FlowEstimator, propagate_labels
 
     flows = FlowEstimator(preset, size)
     n = len(frames)

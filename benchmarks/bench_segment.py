@@ -105,10 +105,10 @@ def main() -> None:
 
     from ovseg_cli.classes import parse_classes
     from ovseg_cli.config import SegmentConfig
-    from ovseg_cli.pipeline import default_batch
-    from ovseg_cli.segment_run import run_segment
-    from ovseg_cli.segmenter import load_model
-    from ovseg_cli.video_reader import VideoReader, probe_video
+    from ovseg_cli.segment.run import run_segment
+    from ovseg_cli.segment.stream import default_batch
+    from ovseg_cli.segment.training_free import load_model
+    from ovseg_cli.video.reader import VideoReader, probe_video
 
     with tempfile.TemporaryDirectory() as tmp:
         video = args.video or (DEFAULT_VIDEO if DEFAULT_VIDEO.exists() else None)

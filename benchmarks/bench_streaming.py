@@ -46,7 +46,7 @@ def main() -> None:
     logging.disable(logging.WARNING)  # the random-weights warning is expected here
 
     from ovseg_cli.classes import parse_classes
-    from ovseg_cli.clip_loading import load_clip
+    from ovseg_cli.clip.loading import load_clip
     from ovseg_cli.devices import resolve_device
     from ovseg_cli.model.config import ModelConfig
     from ovseg_cli.model.ov2vss import OV2VSS

@@ -15,10 +15,10 @@ __version__ = "0.1.0"
 _LAZY = {
     "OvsegError": "ovseg_cli.errors",
     "SegmentConfig": "ovseg_cli.config",
-    "load_model": "ovseg_cli.segmenter",
-    "segment_video": "ovseg_cli.pipeline",
-    "FrameResult": "ovseg_cli.pipeline",
-    "load_clip": "ovseg_cli.clip_loading",
+    "load_model": "ovseg_cli.segment.training_free",
+    "segment_video": "ovseg_cli.segment.stream",
+    "FrameResult": "ovseg_cli.segment.stream",
+    "load_clip": "ovseg_cli.clip.loading",
     "parse_classes": "ovseg_cli.classes",
 }
 

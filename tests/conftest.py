@@ -46,7 +46,7 @@ def _offline_hub(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Random ovseg-tiny CLIP weights saved as safetensors (exercises the real file loading path)."""
-    from ovseg_cli.clip_loading import save_random_weights
+    from ovseg_cli.clip.loading import save_random_weights
 
     return save_random_weights(
         "ovseg-tiny", tmp_path_factory.mktemp("weights") / "tiny.safetensors"
@@ -57,7 +57,7 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_model(tiny_weights: Path):
     """A training-free segmenter on the tiny CLIP, shared by tests (it is stateless)."""
     from ovseg_cli.config import SegmentConfig
-    from ovseg_cli.segmenter import load_model
+    from ovseg_cli.segment.training_free import load_model
 
     return load_model(SegmentConfig(clip="ovseg-tiny", pretrained=str(tiny_weights), device="cpu"))
 
@@ -85,7 +85,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained OV2VSS checkpoint on the tiny random CLIP (seeded, so reproducible)."""
     import torch
 
-    from ovseg_cli.clip_loading import load_clip
+    from ovseg_cli.clip.loading import load_clip
     from ovseg_cli.model.checkpoint import save_checkpoint
     from ovseg_cli.model.ov2vss import OV2VSS
 

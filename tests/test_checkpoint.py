@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import tiny_model_config
 
-from ovseg_cli.clip_loading import load_clip
+from ovseg_cli.clip.loading import load_clip
+from ovseg_cli.clip.prompts import encode_texts
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.model.checkpoint import (
     checkpoint_paths,
@@ -18,7 +19,6 @@ from ovseg_cli.model.checkpoint import (
     save_checkpoint,
 )
 from ovseg_cli.model.ov2vss import OV2VSS
-from ovseg_cli.prompts import encode_texts
 
 
 def _copy(ckpt: Path, dst: Path) -> Path:
@@ -99,7 +99,7 @@ def test_config_mismatch_says_what_differs(tiny_checkpoint: Path, tmp_path: Path
 def test_other_clip_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
     with pytest.raises(OvsegError, match="trained with CLIP ovseg-tiny, not ViT-B-16"):
         load_checkpoint(tiny_checkpoint, clip_arch="ViT-B-16")
-    from ovseg_cli.clip_loading import save_random_weights
+    from ovseg_cli.clip.loading import save_random_weights
 
     other = save_random_weights("ovseg-tiny", tmp_path / "other.safetensors", seed=5)
     with pytest.raises(OvsegError, match="trained on other CLIP weights"):
@@ -179,7 +179,7 @@ def test_a_kill_at_any_instant_leaves_the_old_or_the_new_pair(
 
 KILL_LOOP = """
 import sys, torch
-from ovseg_cli.clip_loading import load_clip
+from ovseg_cli.clip.loading import load_clip
 from ovseg_cli.model.checkpoint import save_checkpoint
 from ovseg_cli.model.config import ModelConfig
 from ovseg_cli.model.ov2vss import OV2VSS

@@ -9,7 +9,7 @@ import open_clip
 import pytest
 import torch
 
-from ovseg_cli.clip_loading import (
+from ovseg_cli.clip.loading import (
     cached_weights,
     list_architectures,
     load_clip,
@@ -106,7 +106,7 @@ def test_missing_tag_without_network_fails_fast(
 ) -> None:
     import time
 
-    import ovseg_cli.clip_loading as cl
+    import ovseg_cli.clip.loading as cl
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(cl, "_reachable", lambda url, timeout=3.0: False)

@@ -7,14 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovseg_cli.clip_loading import load_clip
-from ovseg_cli.dense_clip import (
+from ovseg_cli.clip.dense import (
     DENSE_METHODS,
     DenseClipEncoder,
     model_input_size,
     neighbourhood_prior,
     to_model_input,
 )
+from ovseg_cli.clip.loading import load_clip
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import confusion_matrix
 
-from ovseg_cli.metrics import ConfusionMatrix, VideoConsistency, metrics_from_confusion
+from ovseg_cli.evaluation.metrics import ConfusionMatrix, VideoConsistency, metrics_from_confusion
 
 
 def test_hand_computed_example() -> None:

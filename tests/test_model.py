@@ -6,13 +6,13 @@ import pytest
 import torch
 from conftest import tiny_model_config
 
-from ovseg_cli.clip_loading import load_clip
+from ovseg_cli.clip.loading import load_clip
+from ovseg_cli.clip.prompts import encode_texts
 from ovseg_cli.model.backbone import default_clip_layers
 from ovseg_cli.model.ov2vss import OV2VSS, parameter_counts, segmentation_loss
 from ovseg_cli.model.random_frame_enhancement import RandomFrameEnhancement
 from ovseg_cli.model.spatial_temporal_fusion import PyramidPooling, SpatialTemporalContextFusion
 from ovseg_cli.model.video_text_encoding import CostVolumeDecoder, TextVideoAttention
-from ovseg_cli.prompts import encode_texts
 
 
 @pytest.fixture(scope="module")

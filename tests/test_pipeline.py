@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from video_factory import make_video
 
 from ovseg_cli import FrameResult, segment_video
-from ovseg_cli.pipeline import _mask_on_device, logits_to_mask
+from ovseg_cli.segment.stream import _mask_on_device, logits_to_mask
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,7 @@ def test_segment_video_yields_one_result_per_frame(small_video: Path, tiny_model
 def test_temporal_fusion_changes_results_and_can_be_turned_off(
     small_video: Path, tiny_model
 ) -> None:
-    from ovseg_cli.segmenter import TrainingFreeSegmenter
+    from ovseg_cli.segment.training_free import TrainingFreeSegmenter
 
     plain = TrainingFreeSegmenter(tiny_model.clip, fusion=None)
     fused = [r.logits for r in segment_video(small_video, "a,b,c", model=tiny_model)]

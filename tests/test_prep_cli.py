@@ -142,7 +142,7 @@ def test_bad_values_name_the_files(tmp_path: Path) -> None:
 def test_prep_never_imports_torch_and_lists_its_formats() -> None:
     probe = subprocess.run(
         [sys.executable, "-c",
-         "import sys, ovseg_cli.prep_cli; from ovseg_cli.datasets import prepare; "
+         "import sys, ovseg_cli.cli.prep; from ovseg_cli.datasets import prepare; "
          "print('torch' in sys.modules)"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip

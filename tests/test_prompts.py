@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from ovseg_cli.classes import ClassSpec
-from ovseg_cli.clip_loading import load_clip
-from ovseg_cli.prompts import VILD_TEMPLATES, encode_texts, encode_vocabulary, templates_named
+from ovseg_cli.clip.loading import load_clip
+from ovseg_cli.clip.prompts import VILD_TEMPLATES, encode_texts, encode_vocabulary, templates_named
 
 
 def test_template_sets() -> None:

@@ -1,4 +1,4 @@
-"""Optical-flow propagation of scores and labels (ovseg_cli.propagation), on synthetic frames."""
+"""Optical-flow propagation of scores and labels (ovseg_cli.segment.propagation), on synthetic frames."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ovseg_cli.propagation import (
+from ovseg_cli.segment.propagation import (
     CUT_SHARE,
     Flow,
     FlowEstimator,

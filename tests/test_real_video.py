@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 def test_dog_clip_with_full_size_vit_b16(tmp_path: Path) -> None:
     video = shared_file("videos", "sam2_01_dog.mp4")
-    from ovseg_cli.clip_loading import save_random_weights
+    from ovseg_cli.clip.loading import save_random_weights
 
     weights = save_random_weights("ViT-B-16", tmp_path / "vit-b-16-random.safetensors")
     out = tmp_path / "dog"

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from ovseg_cli.classes import UNLABELLED
-from ovseg_cli.rendering import (
+from ovseg_cli.video.rendering import (
     OverlayRenderer,
     labelmap_text,
     palette_bytes,

@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_model_config
 
 from ovseg_cli.classes import parse_classes
-from ovseg_cli.clip_loading import load_clip
+from ovseg_cli.clip.loading import load_clip
 from ovseg_cli.model.ov2vss import OV2VSS
 from ovseg_cli.model.streaming import OV2VSSSegmenter
 

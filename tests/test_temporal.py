@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ovseg_cli.classes import parse_classes
-from ovseg_cli.temporal_fusion import TemporalFusion, TemporalState
+from ovseg_cli.segment.temporal_fusion import TemporalFusion, TemporalState
 
 
 def _feats(seed: int, shape=(32, 6, 10)) -> torch.Tensor:

@@ -71,7 +71,7 @@ def test_overfits_moving_shapes(tmp_path: Path) -> None:
     assert result.steps == 160 and last < 0.2 * first, (first, last)
 
     from ovseg_cli.config import EvalConfig, SegmentConfig
-    from ovseg_cli.eval_run import run_eval
+    from ovseg_cli.evaluation.report import run_eval
 
     seg = SegmentConfig(checkpoint=str(tmp_path / "run" / "last.safetensors"))
     _, report, _ = run_eval(

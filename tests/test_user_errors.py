@@ -143,7 +143,7 @@ def test_train_run_control(tmp_path: Path, prepared: Path) -> None:
 def test_disk_full_is_one_line_and_leaves_nothing(
     tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ovseg_cli import rendering
+    from ovseg_cli.video import rendering
 
     def full(mask, palette, path):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))

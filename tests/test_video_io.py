@@ -1,4 +1,4 @@
-"""Tests for ovseg_cli.video_reader: decoding ranges, timing, rotation, errors and the overlay writer."""
+"""Tests for ovseg_cli.video.reader: decoding ranges, timing, rotation, errors and the overlay writer."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from conftest import shared_file
 
 from ovseg_cli.errors import OvsegError
-from ovseg_cli.video_reader import DecodedFrame, VideoReader, probe_video
-from ovseg_cli.video_writer import VideoWriter
+from ovseg_cli.video.reader import DecodedFrame, VideoReader, probe_video
+from ovseg_cli.video.writer import VideoWriter
 
 try:  # pytest puts tests/ itself on sys.path unless tests/ becomes a package
     import video_factory as vf

@@ -38,7 +38,7 @@ from ovseg_cli.datasets.index import (
 )
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.outputs import OutputFolder, check_destination
-from ovseg_cli.rendering import palette_bytes, save_palette_png
+from ovseg_cli.video.rendering import palette_bytes, save_palette_png
 
 log = logging.getLogger("ovseg")
 

@@ -29,7 +29,7 @@ from PIL import Image
 from ovseg_cli.classes import RGB
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.exports.registry import ExportContext, Exporter, register_exporter
-from ovseg_cli.rendering import labelmap_text
+from ovseg_cli.video.rendering import labelmap_text
 
 FORMAT = "CVAT Segmentation mask 1.1"
 BLACK: RGB = (0, 0, 0)

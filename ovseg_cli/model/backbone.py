@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ovseg_cli.dense_clip import DenseClipEncoder
+from ovseg_cli.clip.dense import DenseClipEncoder
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.model.config import ModelConfig
 

@@ -16,13 +16,13 @@ from typing import Any
 import torch
 
 from ovseg_cli import __version__
-from ovseg_cli.clip_loading import ClipBundle, load_clip
+from ovseg_cli.clip.loading import ClipBundle, load_clip
+from ovseg_cli.clip.prompts import templates_named
 from ovseg_cli.config import from_mapping, to_dict
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.model.checkpoint_io import has_backup, resolve_weights, write_pair
 from ovseg_cli.model.config import ModelConfig
 from ovseg_cli.model.ov2vss import OV2VSS
-from ovseg_cli.prompts import templates_named
 
 FORMAT = "ovseg-ov2vss"
 FORMAT_VERSION = 1

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ovseg_cli.clip_loading import ClipBundle
+from ovseg_cli.clip.loading import ClipBundle
 from ovseg_cli.model.backbone import FrameEncoder, FrameFeatures
 from ovseg_cli.model.config import ModelConfig
 from ovseg_cli.model.random_frame_enhancement import RandomFrameEnhancement

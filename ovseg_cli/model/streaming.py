@@ -19,13 +19,13 @@ import numpy as np
 import torch
 
 from ovseg_cli.classes import ClassSpec
-from ovseg_cli.clip_loading import ClipBundle
+from ovseg_cli.clip.dense import model_input_size, resize_rgb
+from ovseg_cli.clip.loading import ClipBundle
+from ovseg_cli.clip.prompts import Vocabulary, encode_vocabulary, templates_named
 from ovseg_cli.config import to_dict
-from ovseg_cli.dense_clip import model_input_size, resize_rgb
 from ovseg_cli.devices import autocast
 from ovseg_cli.model.backbone import FrameFeatures
 from ovseg_cli.model.ov2vss import OV2VSS
-from ovseg_cli.prompts import Vocabulary, encode_vocabulary, templates_named
 
 
 @dataclass

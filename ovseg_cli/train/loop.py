@@ -144,12 +144,12 @@ def train(
     ``overwrite`` replaces an earlier ovseg run folder; ``inputs`` are more files the run
     reads (its config file), which the run folder may not be or hold.
     """
-    from ovseg_cli.clip_loading import load_clip
+    from ovseg_cli.clip.loading import load_clip
+    from ovseg_cli.clip.prompts import encode_vocabulary, templates_named
     from ovseg_cli.config import dump_yaml
     from ovseg_cli.datasets.index import check_files, load_index
-    from ovseg_cli.evaluation import class_specs
+    from ovseg_cli.evaluation.protocol import class_specs
     from ovseg_cli.model.ov2vss import OV2VSS
-    from ovseg_cli.prompts import encode_vocabulary, templates_named
     from ovseg_cli.train.data import training_loader
 
     index = load_index(data)
@@ -267,7 +267,7 @@ class _Loop:
 
     def _validate(self, progress: Progress, say: Callable[[str], None]) -> None:
         from ovseg_cli.config import EvalConfig
-        from ovseg_cli.evaluation import evaluate
+        from ovseg_cli.evaluation.protocol import evaluate
         from ovseg_cli.model.streaming import OV2VSSSegmenter
 
         if not self.index.videos_in("val") or not any(

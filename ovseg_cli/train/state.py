@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ovseg_cli.clip_loading import ClipBundle
+from ovseg_cli.clip.loading import ClipBundle
 from ovseg_cli.config import to_dict
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.model.checkpoint import read_metadata, read_weights, save_checkpoint

@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from ovseg_cli.cli_common import FrameProgress, console, friendly_errors, warn
+from ovseg_cli.cli.common import FrameProgress, console, friendly_errors, warn
 
 prep_app = typer.Typer(
     help="Prepare a video segmentation dataset (VSPW, Cityscapes sequences, CamVid, a folder).",

@@ -10,7 +10,7 @@ but a few frames in flight and the bounded temporal state is held in memory.
 With a keyframe interval above 1 (or ``auto``) only keyframes run the model and update its
 state. The reader thread picks the keyframes and computes every other frame's optical
 flow to its previous keyframe (with ``bidirectional``, to its next one as well); the
-model's thread warps the keyframes' class scores with it (``ovseg_cli.propagation``).
+model's thread warps the keyframes' class scores with it (``ovseg_cli.segment.propagation``).
 Results still come in frame order: a frame waiting for its next keyframe is held, so at
 most one interval of frames (times ``batch`` keyframes) is in memory.
 """
@@ -29,13 +29,13 @@ import numpy as np
 import torch
 
 from ovseg_cli.classes import UNLABELLED, ClassSpec, resolve_classes, with_background
+from ovseg_cli.clip.prompts import Vocabulary
 from ovseg_cli.config import SegmentConfig, from_mapping, to_dict
-from ovseg_cli.prompts import Vocabulary
-from ovseg_cli.propagation import Flow, FlowEstimator, KeyframeSettings, propagate_scores
-from ovseg_cli.segmenter import SegmentState, TrainingFreeSegmenter, load_model
-from ovseg_cli.shots import DEFAULT_THRESHOLD, ShotDetector
+from ovseg_cli.segment.propagation import Flow, FlowEstimator, KeyframeSettings, propagate_scores
+from ovseg_cli.segment.shots import DEFAULT_THRESHOLD, ShotDetector
+from ovseg_cli.segment.training_free import SegmentState, TrainingFreeSegmenter, load_model
 from ovseg_cli.threads import Prefetcher
-from ovseg_cli.video_reader import DecodedFrame, VideoInfo, VideoReader
+from ovseg_cli.video.reader import DecodedFrame, VideoInfo, VideoReader
 
 
 @dataclass
@@ -358,7 +358,7 @@ class SegmentationStream:
     def describe_shots(self) -> dict[str, Any]:
         """Cut detection settings and the frames where a new shot started, for meta.json."""
         return {
-            "method": "mean HSV difference of consecutive 64x36 thumbnails (ovseg_cli.shots)",
+            "method": "mean HSV difference of consecutive 64x36 thumbnails (ovseg_cli.segment.shots)",
             "threshold": self.shot_threshold or None,
             "cuts": list(self.cuts),
         }

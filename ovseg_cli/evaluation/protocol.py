@@ -26,8 +26,8 @@ from ovseg_cli.classes import ClassSpec, read_classes_file
 from ovseg_cli.config import EvalConfig
 from ovseg_cli.datasets.index import IGNORE_INDEX, PreparedIndex, Video, check_files
 from ovseg_cli.errors import OvsegError, did_you_mean
-from ovseg_cli.metrics import ConfusionMatrix, VideoConsistency
-from ovseg_cli.pipeline import logits_to_mask
+from ovseg_cli.evaluation.metrics import ConfusionMatrix, VideoConsistency
+from ovseg_cli.segment.stream import logits_to_mask
 from ovseg_cli.threads import Prefetcher
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ovseg_cli.cli_common import console, friendly_errors
+from ovseg_cli.cli.common import console, friendly_errors
 
 
 @friendly_errors

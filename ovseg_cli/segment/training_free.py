@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from ovseg_cli.classes import ClassSpec
-from ovseg_cli.clip_loading import ClipBundle, load_clip
+from ovseg_cli.clip.dense import DenseClipEncoder, model_input_size, to_model_input
+from ovseg_cli.clip.loading import ClipBundle, load_clip
+from ovseg_cli.clip.prompts import Vocabulary, encode_vocabulary, templates_named
 from ovseg_cli.config import SegmentConfig
-from ovseg_cli.dense_clip import DenseClipEncoder, model_input_size, to_model_input
 from ovseg_cli.devices import autocast, resolve_device, resolve_precision
-from ovseg_cli.prompts import Vocabulary, encode_vocabulary, templates_named
-from ovseg_cli.temporal_fusion import TemporalFusion, TemporalState
+from ovseg_cli.segment.temporal_fusion import TemporalFusion, TemporalState
 
 
 @dataclass
@@ -87,7 +87,7 @@ class TrainingFreeSegmenter:
         self, height: int, width: int, batch: int, classes: int, short_side: int | None = None
     ) -> int:
         """Bytes one step on ``batch`` frames of this size needs at most (see memory.py)."""
-        from ovseg_cli.dense_clip import _starts
+        from ovseg_cli.clip.dense import _starts
         from ovseg_cli.memory import FLOAT, fusion_bytes, vit_bytes
 
         h, w = self.input_size(height, width, short_side)

@@ -29,7 +29,7 @@ import av.error
 import numpy as np
 
 from ovseg_cli.errors import OvsegError
-from ovseg_cli.video_reader import TIME_EPS, VideoInfo, error_reason, open_input, safe_demux
+from ovseg_cli.video.reader import TIME_EPS, VideoInfo, error_reason, open_input, safe_demux
 
 _VIDEO_ENCODERS = ("libx264", "libopenh264", "mpeg4")
 # Codecs that mp4 muxes as-is and common players accept; anything else becomes AAC.

@@ -24,7 +24,7 @@ from ovseg_cli.errors import OvsegError, did_you_mean
 
 log = logging.getLogger("ovseg")
 
-PROJECT_CONFIGS = Path(__file__).parent / "model_configs"
+PROJECT_CONFIGS = Path(__file__).parent.parent / "model_configs"
 RANDOM_WEIGHTS = "none"
 HF_PREFIX = "hf-hub:"
 # open_clip's default location for weights fetched by URL rather than from the hub

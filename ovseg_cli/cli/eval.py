@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ovseg_cli.cli_common import FrameProgress, console, friendly_errors
+from ovseg_cli.cli.common import FrameProgress, console, friendly_errors
 from ovseg_cli.config import EvalConfig, SegmentConfig, default_text, help_text
 
 
@@ -45,7 +45,7 @@ def eval_command(
 ) -> None:
     """Evaluate on seen, unseen or all classes: mIoU, fwIoU, mAcc, pAcc, VC_n and a report."""
     from ovseg_cli.config import from_mapping
-    from ovseg_cli.eval_run import run_eval
+    from ovseg_cli.evaluation.report import run_eval
 
     eval_cfg = from_mapping(
         EvalConfig,

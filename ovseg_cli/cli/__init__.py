@@ -13,7 +13,7 @@ from typing import Any
 import typer
 
 from ovseg_cli import __version__
-from ovseg_cli.cli_common import FrameProgress, console, friendly_errors, warn
+from ovseg_cli.cli.common import FrameProgress, console, friendly_errors, warn
 from ovseg_cli.config import SegmentConfig, default_text, help_text
 
 app = typer.Typer(
@@ -115,7 +115,7 @@ def segment(
     cfg = resolve(SegmentConfig, config, overrides)
     specs = resolve_classes(classes, classes_file)
 
-    from ovseg_cli.segment_run import run_segment
+    from ovseg_cli.segment.run import run_segment
 
     progress = None if quiet else FrameProgress("segment")
     seen = {"frames": 0, "keyframes": 0}
@@ -177,7 +177,7 @@ def models(
     from huggingface_hub import constants
     from rich.table import Table
 
-    from ovseg_cli.clip_loading import (
+    from ovseg_cli.clip.loading import (
         URL_CACHE,
         cached_weights,
         dense_capable,
@@ -222,7 +222,7 @@ def _describe_checkpoint(checkpoint: Path, pretrained: str | None) -> None:
 
     from ovseg_cli.config import SegmentConfig
     from ovseg_cli.model.summary import model_report
-    from ovseg_cli.segmenter import load_model
+    from ovseg_cli.segment.training_free import load_model
 
     seg = load_model(SegmentConfig(checkpoint=str(checkpoint), pretrained=pretrained, device="cpu"))
     report = model_report(seg)
@@ -256,9 +256,9 @@ def _describe_checkpoint(checkpoint: Path, pretrained: str | None) -> None:
 
 
 # commands defined in their own modules
-from ovseg_cli.eval_cli import eval_command  # noqa: E402
-from ovseg_cli.prep_cli import prep_app  # noqa: E402
-from ovseg_cli.train_cli import train_command  # noqa: E402
+from ovseg_cli.cli.eval import eval_command  # noqa: E402
+from ovseg_cli.cli.prep import prep_app  # noqa: E402
+from ovseg_cli.cli.train import train_command  # noqa: E402
 
 app.add_typer(prep_app, name="prep")
 app.command("train")(train_command)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ovseg_cli.classes import RGB, ClassSpec, colors_for
-from ovseg_cli.clip_loading import ClipBundle
+from ovseg_cli.clip.loading import ClipBundle
 
 # ViLD's templates, the set CAT-Seg uses for open-vocabulary segmentation
 VILD_TEMPLATES = (

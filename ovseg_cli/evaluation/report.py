@@ -16,7 +16,7 @@ from typing import Any
 
 from ovseg_cli import __version__
 from ovseg_cli.config import EvalConfig, SegmentConfig, to_dict
-from ovseg_cli.evaluation import EvalResult
+from ovseg_cli.evaluation.protocol import EvalResult
 from ovseg_cli.outputs import OutputFolder, check_destination
 
 
@@ -124,8 +124,8 @@ def run_eval(
     folder = None
     try:
         folder = OutputFolder(final, "eval", overwrite=overwrite, inputs=inputs)
-        from ovseg_cli.evaluation import evaluate
-        from ovseg_cli.segmenter import load_model
+        from ovseg_cli.evaluation.protocol import evaluate
+        from ovseg_cli.segment.training_free import load_model
 
         model = model or load_model(seg)
         if on_start is not None:

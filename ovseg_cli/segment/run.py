@@ -21,7 +21,7 @@ from ovseg_cli.classes import ClassSpec, colors_for, with_background
 from ovseg_cli.config import SegmentConfig, to_dict
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.outputs import OutputFolder, check_destination
-from ovseg_cli.video_reader import VideoInfo, VideoReader
+from ovseg_cli.video.reader import VideoInfo, VideoReader
 
 MASK_FORMAT = "palette PNG, pixel value = class index, 255 = unlabelled"
 
@@ -115,12 +115,17 @@ def run_segment(
     reader = VideoReader(video, start=config.start, end=config.end)
     info = reader.info
 
-    from ovseg_cli.pipeline import SegmentationStream
-    from ovseg_cli.propagation import KeyframeSettings
-    from ovseg_cli.rendering import OverlayRenderer, labelmap_text, palette_bytes, save_palette_png
-    from ovseg_cli.segmenter import load_model
+    from ovseg_cli.segment.propagation import KeyframeSettings
+    from ovseg_cli.segment.stream import SegmentationStream
+    from ovseg_cli.segment.training_free import load_model
     from ovseg_cli.threads import BackgroundWorker
-    from ovseg_cli.video_writer import VideoWriter
+    from ovseg_cli.video.rendering import (
+        OverlayRenderer,
+        labelmap_text,
+        palette_bytes,
+        save_palette_png,
+    )
+    from ovseg_cli.video.writer import VideoWriter
 
     writer = stream = worker = sinks = folder = None
     try:
