@@ -105,9 +105,9 @@ def main() -> None:
 
     from ovseg_cli.classes import parse_classes
     from ovseg_cli.config import SegmentConfig
+    from ovseg_cli.segment.protocol import load_model
     from ovseg_cli.segment.run import run_segment
     from ovseg_cli.segment.stream import default_batch
-    from ovseg_cli.segment.training_free import load_model
     from ovseg_cli.video.reader import VideoReader, probe_video
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "OvsegError": "ovseg_cli.errors",
     "SegmentConfig": "ovseg_cli.config",
-    "load_model": "ovseg_cli.segment.training_free",
+    "load_model": "ovseg_cli.segment.protocol",
     "segment_video": "ovseg_cli.segment.stream",
     "FrameResult": "ovseg_cli.segment.stream",
     "load_clip": "ovseg_cli.clip.loading",

@@ -11,14 +11,22 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ovseg_cli.clip.methods import DENSE_METHOD_NAMES
+from ovseg_cli.clip.templates import TEMPLATE_SETS
+from ovseg_cli.datasets.index import SPLITS
 from ovseg_cli.errors import OvsegError, did_you_mean
 
 T = TypeVar("T")
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # auto: bf16/fp16 autocast on GPUs, fp32 on CPUs
+TEMPLATES = tuple(TEMPLATE_SETS)
+CLASS_SPLITS = ("unseen", "seen", "all")  # which classes an evaluation gives the model (IV-C)
+AUTO = "auto"  # keyframe_interval: keyframes chosen by how well the warp still matches
 
 # Upper limits of the settings that scale memory (the estimate in memory.py decides within)
 MAX_SIDE = 4096  # --size, --window, --flow-size, eval --size: pixels
@@ -28,8 +36,13 @@ MAX_HISTORY = 64  # --temporal-history: fused frames kept
 MAX_VC = 256  # eval --vc: frames of a consistency window
 
 
-def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
-    """Declare a config field with its default, one-line help and optional choices."""
+def setting(
+    default: Any, help: str | Callable[[], str], *, choices: tuple[str, ...] | None = None
+) -> Any:
+    """Declare a config field with its default, one-line help and optional choices.
+
+    ``help`` may be a function, for a setting whose registry describes it (read on first use).
+    """
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
@@ -37,12 +50,19 @@ def help_text(cls: type, name: str) -> str:
     """Help text of a setting (with its choices), for the CLI."""
     f = {f.name: f for f in dataclasses.fields(cls)}[name]
     choices = f.metadata.get("choices")
-    return f"{f.metadata['help']}" + (f" One of: {', '.join(choices)}." if choices else "")
+    text = f.metadata["help"]
+    text = text() if callable(text) else text
+    return text + (f" One of: {', '.join(choices)}." if choices else "")
+
+
+def default_of(cls: type, name: str) -> Any:
+    """A setting's default, for code that must agree with it (the one place it is written)."""
+    return {f.name: f for f in dataclasses.fields(cls)}[name].default
 
 
 def default_text(cls: type, name: str) -> str:
     """A setting's default as the CLI shows it."""
-    default = {f.name: f for f in dataclasses.fields(cls)}[name].default
+    default = default_of(cls, name)
     if default is None:
         return "none"
     return str(default).lower() if isinstance(default, bool) else str(default)
@@ -71,7 +91,7 @@ class SegmentConfig:
         "clearclip",
         "Training-free change to CLIP's last block that makes its patch features dense "
         "(a checkpoint uses its own).",
-        choices=("clearclip", "naclip", "sclip", "maskclip", "vanilla"),
+        choices=DENSE_METHOD_NAMES,
     )
     size: int | None = setting(
         None,
@@ -83,9 +103,7 @@ class SegmentConfig:
         "Sliding-window size in pixels (stride 2/3 of it); none runs the whole frame at once "
         "with interpolated positional embeddings.",
     )
-    templates: str = setting(
-        "vild", "Prompt-template ensemble.", choices=("vild", "imagenet", "single")
-    )
+    templates: str = setting("vild", "Prompt-template ensemble.", choices=TEMPLATES)
     temporal: bool = setting(True, "Fuse each frame's features with a bounded history.")
     temporal_strength: float = setting(
         0.5, "Weight of the history in the fused features (0 = off, 1 = history only)."
@@ -105,9 +123,7 @@ class SegmentConfig:
     overlay: bool = setting(True, "Write overlay.mp4.")
     masks: bool = setting(False, "Write masks/NNNNNN.png palette masks and labelmap.txt.")
     export: tuple[str, ...] | None = setting(
-        None,
-        "Annotation-tool exports, comma-separated: cvat (cvat.zip, CVAT Segmentation mask 1.1), "
-        "coco (coco.json, RLE masks), stats (stats.csv, pixels per class and frame).",
+        None, lambda: f"Annotation-tool exports, comma-separated: {_exports_help()}."
     )
     background: str | None = setting(
         None,
@@ -123,14 +139,12 @@ class SegmentConfig:
     start: float = setting(0.0, "Start of the range to segment, in seconds.")
     end: float | None = setting(None, "End of the range to segment, in seconds (exclusive).")
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps.")
-    precision: str = setting(
-        "auto", "Compute precision (autocast on GPU).", choices=("auto", "fp32", "fp16", "bf16")
-    )
+    precision: str = setting("auto", "Compute precision (autocast on GPU).", choices=PRECISIONS)
     batch: int | None = setting(
         None, "Keyframes per image-encoder pass (default: 8 on CUDA, 1 otherwise)."
     )
-    keyframe_interval: str = setting(
-        "1",
+    keyframe_interval: int | str = setting(
+        1,
         "Run the model on every Nth frame only (a keyframe) and carry its class scores to the "
         "frames in between with optical flow; 'auto': a keyframe when the warped keyframe stops "
         "matching the frame (a cut, fast motion), at the latest every max_interval frames.",
@@ -163,8 +177,8 @@ class SegmentConfig:
 class EvalConfig:
     """Settings of `ovseg eval` (and of validation during training)."""
 
-    split: str = setting("unseen", "Classes to evaluate (IV-C).", choices=("unseen", "seen", "all"))
-    data_split: str = setting("val", "Videos to evaluate.", choices=("train", "val", "test"))
+    split: str = setting("unseen", "Classes to evaluate (IV-C).", choices=CLASS_SPLITS)
+    data_split: str = setting("val", "Videos to evaluate.", choices=SPLITS)
     limit_videos: int | None = setting(None, "Evaluate only the first N videos.")
     vc: tuple[int, ...] = setting((8, 16), "Window sizes of the temporal consistency VC_n.")
     size: int | None = setting(
@@ -174,6 +188,11 @@ class EvalConfig:
         None, "Prompts for the dataset's class names ('name: prompt, prompt' lines)."
     )
     examples: int = setting(4, "Qualitative images (frame | prediction | ground truth) to save.")
+    masks: bool = setting(
+        False,
+        "Save each labelled frame's predicted mask as masks/<video>/<frame>.png (palette PNG, "
+        "pixel value = index among the evaluated classes, 255 = unlabelled).",
+    )
 
     def __post_init__(self) -> None:
         validate(self)
@@ -184,6 +203,12 @@ class EvalConfig:
             _check_range("each vc window", n, 2, MAX_VC, " frames")
         if self.examples < 0:
             raise OvsegError(f"examples must be >= 0, not {self.examples}")
+
+
+def _exports_help() -> str:
+    from ovseg_cli.exports import describe_exporters
+
+    return describe_exporters()
 
 
 def validate(cfg: Any) -> None:
@@ -228,18 +253,19 @@ def _check_segment(cfg: SegmentConfig) -> None:
 
 
 def _check_keyframes(cfg: SegmentConfig) -> None:
-    interval = str(cfg.keyframe_interval).strip().lower()
-    if interval != "auto" and not (interval.isdigit() and int(interval) >= 1):
-        raise OvsegError(
-            f"keyframe_interval must be a whole number >= 1 or 'auto', not {cfg.keyframe_interval!r}"
-        )
-    cfg.keyframe_interval = interval if interval == "auto" else str(int(interval))
-    if interval != "auto":
-        _check_range("keyframe_interval", int(interval), 1, MAX_INTERVAL)
+    value = cfg.keyframe_interval
+    text = str(value).strip().lower()
+    if text == AUTO:
+        cfg.keyframe_interval = AUTO
+    elif isinstance(value, int) or text.isdigit():
+        cfg.keyframe_interval = int(text)  # the one form from here on: an int, or "auto"
+        _check_range("keyframe_interval", cfg.keyframe_interval, 1, MAX_INTERVAL)
+    else:
+        raise OvsegError(f"keyframe_interval must be a whole number >= 1 or 'auto', not {value!r}")
     _check_range("max_interval", cfg.max_interval, 1, MAX_INTERVAL)
     if not 0.0 < cfg.keyframe_error <= 1.0:
         raise OvsegError(f"keyframe_error must be in (0, 1], not {cfg.keyframe_error}")
-    if cfg.bidirectional and cfg.keyframe_interval == "1":
+    if cfg.bidirectional and cfg.keyframe_interval == 1:
         raise OvsegError("bidirectional needs keyframe_interval above 1 or auto")
     _check_range("flow_size", cfg.flow_size, 16, MAX_SIDE, " pixels")
     _check_range("batch", cfg.batch, 1, MAX_BATCH)
@@ -266,7 +292,12 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
         is_none = value is None or (isinstance(value, str) and value.lower() in empty)
         if is_none and type(None) in args:
             return None
-        return _coerce(value, inner[0], key, source)
+        for kind in inner[:-1]:  # int | str: "4" is 4, "auto" stays text
+            try:
+                return _coerce(value, kind, key, source)
+            except OvsegError:
+                continue
+        return _coerce(value, inner[-1], key, source)
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, Mapping):
             raise OvsegError(f"{source}: {key} must be a mapping of settings")

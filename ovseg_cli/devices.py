@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ovseg_cli.config import PRECISIONS
 from ovseg_cli.errors import OvsegError
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -40,8 +41,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def resolve_precision(name: str, device: torch.device) -> str:
     """fp32 on CPU; on GPU, 'auto' means bf16 where supported, else fp16."""
-    if name not in ("auto", "fp32", "fp16", "bf16"):
-        raise OvsegError(f"unknown precision {name!r} (use auto, fp32, fp16 or bf16)")
+    if name not in PRECISIONS:
+        raise OvsegError(f"unknown precision {name!r} (use {', '.join(PRECISIONS)})")
     if device.type == "cpu":
         return "fp32" if name == "auto" else name
     if name == "auto":

@@ -57,7 +57,7 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_model(tiny_weights: Path):
     """A training-free segmenter on the tiny CLIP, shared by tests (it is stateless)."""
     from ovseg_cli.config import SegmentConfig
-    from ovseg_cli.segment.training_free import load_model
+    from ovseg_cli.segment.protocol import load_model
 
     return load_model(SegmentConfig(clip="ovseg-tiny", pretrained=str(tiny_weights), device="cpu"))
 

@@ -11,7 +11,7 @@ from ovseg_cli.errors import OvsegError
 
 
 def test_defaults_follow_the_paper() -> None:
-    from ovseg_cli.segment.training_free import DEFAULT_CLIP, DEFAULT_PRETRAINED
+    from ovseg_cli.segment.protocol import DEFAULT_CLIP, DEFAULT_PRETRAINED
 
     cfg = SegmentConfig()
     assert cfg.clip is None and cfg.pretrained is None  # ViT-B-16/openai, or the checkpoint's

@@ -21,7 +21,7 @@ from ovseg_cli.classes import (
 from ovseg_cli.cli import app
 from ovseg_cli.config import SegmentConfig
 from ovseg_cli.errors import OvsegError
-from ovseg_cli.segment.stream import _mask_on_device, logits_to_mask
+from ovseg_cli.segment.masks import _mask_on_device, logits_to_mask
 
 runner = CliRunner()
 

@@ -16,7 +16,7 @@ from video_factory import joined_clips, make_video
 from ovseg_cli import segment_video
 from ovseg_cli.classes import parse_classes
 from ovseg_cli.cli import app
-from ovseg_cli.segment.stream import logits_to_mask
+from ovseg_cli.segment.masks import logits_to_mask
 from ovseg_cli.video.reader import VideoReader
 
 SIZE = (96, 64)
@@ -158,7 +158,7 @@ def test_batched_keyframes_equal_one_at_a_time(
 
 def test_batched_trained_model_equals_one_at_a_time(tiny_checkpoint: Path) -> None:
     from ovseg_cli.config import SegmentConfig
-    from ovseg_cli.segment.training_free import load_model
+    from ovseg_cli.segment.protocol import load_model
 
     model = load_model(SegmentConfig(checkpoint=str(tiny_checkpoint), device="cpu"))
     vocabulary = model.encode_vocabulary(parse_classes("road,sky"))

@@ -18,7 +18,8 @@ def test_hand_computed_example() -> None:
     cm = ConfusionMatrix(4)
     cm.update(pred, gt)
     expected = np.array([[1, 1, 0, 0], [0, 2, 0, 1], [1, 0, 1, 0], [0, 0, 0, 0]])
-    np.testing.assert_array_equal(cm.matrix.numpy(), expected)
+    np.testing.assert_array_equal(cm.matrix.numpy()[:, :4], expected)
+    assert not cm.matrix[:, 4].any()  # nothing left unlabelled
     m = cm.compute()
     # IoU: c0 1/(2+2-1)=1/3, c1 2/(3+3-2)=1/2, c2 1/(2+1-1)=1/2, c3 0/(0+1-0)=0 (predicted only)
     assert m["iou"] == pytest.approx([1 / 3, 1 / 2, 1 / 2, 0.0])
@@ -27,6 +28,17 @@ def test_hand_computed_example() -> None:
     assert m["mAcc"] == pytest.approx((1 / 2 + 2 / 3 + 1 / 2) / 3)
     assert m["pAcc"] == pytest.approx(4 / 7)
     assert m["fwIoU"] == pytest.approx(2 / 7 * 1 / 3 + 3 / 7 * 1 / 2 + 2 / 7 * 1 / 2)
+
+
+def test_unlabelled_prediction_is_a_miss_not_a_class() -> None:
+    """--threshold leaves pixels at 255: they count against their ground-truth class only."""
+    gt = np.array([0, 0, 1, 1])
+    cm = ConfusionMatrix(2)
+    cm.update(np.array([0, 255, 1, 255]), gt)
+    np.testing.assert_array_equal(cm.matrix.numpy(), [[1, 0, 1], [0, 1, 1]])
+    m = cm.compute()
+    assert m["iou"] == pytest.approx([1 / 2, 1 / 2])  # TP 1 / (gt 2 + pred 1 - TP 1)
+    assert m["pAcc"] == pytest.approx(2 / 4)
 
 
 def test_absent_class_is_left_out_not_counted() -> None:
@@ -51,7 +63,7 @@ def test_against_scikit_learn(seed: int) -> None:
         all_gt.append(gt[keep])
         all_pred.append(pred[keep])
     ref = confusion_matrix(np.concatenate(all_gt), np.concatenate(all_pred), labels=list(range(n)))
-    np.testing.assert_array_equal(cm.matrix.numpy(), ref)
+    np.testing.assert_array_equal(cm.matrix.numpy()[:, :n], ref)
     m = cm.compute()
     from sklearn.metrics import jaccard_score
 
@@ -61,27 +73,65 @@ def test_against_scikit_learn(seed: int) -> None:
     np.testing.assert_allclose(m["iou"], sk_iou)  # predicted-only class: IoU 0 in both
 
 
-def test_video_consistency_on_hand_made_sequences() -> None:
+def vspw_vc(videos: list[list[tuple[np.ndarray, np.ndarray]]], n: int) -> float:
+    """VSPW's VC_n written out plainly from its definition, independently of ovseg's streaming
+    class: per video the list of labelled (prediction, ground truth) frames; windows start at
+    0 .. len - n - 1; pixels whose raw ground truth is constant over the window (whatever the
+    value, 255 included); the mean over every window of every video, empty windows skipped."""
+    scores = []
+    for frames in videos:
+        if len(frames) <= n:
+            continue
+        for start in range(len(frames) - n):
+            window = frames[start : start + n]
+            gts = np.stack([g for _, g in window])
+            preds = np.stack([p for p, _ in window])
+            same_gt = np.all(gts == gts[0], axis=0)
+            same_pred = np.all(preds == preds[0], axis=0)
+            scores.append(
+                np.sum(same_gt & same_pred) / np.sum(same_gt) if same_gt.any() else np.nan
+            )
+    return float(np.nanmean(scores)) if scores else math.nan
+
+
+def test_video_consistency_on_a_hand_made_sequence() -> None:
     vc = VideoConsistency(windows=(2, 3))
-    gt = [np.array([[0, 1, 255]]), np.array([[0, 1, 255]]), np.array([[0, 2, 255]])]
-    pred = [np.array([[0, 1, 1]]), np.array([[0, 0, 2]]), np.array([[0, 0, 2]])]
+    gt = [[0, 1, 255], [0, 1, 255], [0, 2, 255], [0, 2, 255]]
+    pred = [[0, 1, 1], [0, 0, 2], [0, 0, 2], [1, 0, 2]]
     for p, g in zip(pred, gt, strict=True):
-        vc.add(p, g)
-    # window (0,1): stable gt pixels {0,1}; stable pred among them {0} -> 1/2
-    # window (1,2): stable gt {0}; pred stable there -> 1/1
-    # window (0,1,2): stable gt {0} -> 1
+        vc.add(np.array([p]), np.array([g]))
+    # VC2 windows (0,1), (1,2); (2,3) ends on the last frame and does not count:
+    #   (0,1): stable gt {0, 1, 2 (255 too)}, pred stable at {0} -> 1/3
+    #   (1,2): stable gt {0, 2}, pred stable at both -> 1
+    # VC3 window (0,1,2): stable gt {0, 2}; pred stable at {0} -> 1/2
     out = vc.compute()
-    assert out[2] == pytest.approx((0.5 + 1.0) / 2)
-    assert out[3] == pytest.approx(1.0)
+    assert out[2] == pytest.approx((1 / 3 + 1) / 2)
+    assert out[3] == pytest.approx(1 / 2)
+    assert vc.counts == {2: 2, 3: 1}
 
 
-def test_video_consistency_averages_videos_and_resets_between_them() -> None:
-    vc = VideoConsistency(windows=(2,))
-    for p in ([0, 0], [0, 1]):  # video 1: one window, stable gt both pixels, pred stable on one
-        vc.add(np.array(p), np.array([3, 3]))
-    vc.end_video()
-    vc.add(np.array([1, 1]), np.array([2, 2]))  # video 2 has a single frame: no window
-    vc.end_video()
-    for _ in range(2):  # video 3: perfect
-        vc.add(np.array([5, 5]), np.array([5, 5]))
-    assert vc.compute()[2] == pytest.approx((0.5 + 1.0) / 2)
+@pytest.mark.parametrize("seed", range(6))
+def test_video_consistency_equals_vspws_definition(seed: int) -> None:
+    """Random videos of random lengths (some too short for a window, some with labelled frames
+    far apart, as where unlabelled frames were skipped), values incl. 255."""
+    rng = np.random.default_rng(seed)
+    videos = []
+    for _ in range(4):
+        length = int(rng.integers(1, 14))
+        base_gt = rng.choice([0, 1, 2, 255], size=(5, 6))
+        base_pred = rng.integers(0, 3, size=(5, 6))
+        frames = []
+        for _ in range(length):
+            g = np.where(rng.random(base_gt.shape) < 0.15, rng.choice([0, 1, 255]), base_gt)
+            p = np.where(rng.random(base_pred.shape) < 0.2, rng.integers(0, 3), base_pred)
+            frames.append((p.astype(np.uint8), g.astype(np.uint8)))
+        videos.append(frames)
+    vc = VideoConsistency(windows=(2, 4, 8))
+    for frames in videos:
+        for p, g in frames:
+            vc.add(p, g)
+        vc.end_video()
+    out = vc.compute()
+    for n in (2, 4, 8):
+        expected = vspw_vc(videos, n)
+        assert (math.isnan(out[n]) and math.isnan(expected)) or out[n] == pytest.approx(expected)

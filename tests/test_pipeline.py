@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from video_factory import make_video
 
 from ovseg_cli import FrameResult, segment_video
-from ovseg_cli.segment.stream import _mask_on_device, logits_to_mask
+from ovseg_cli.segment.masks import _mask_on_device, logits_to_mask
 
 
 @pytest.mark.parametrize(

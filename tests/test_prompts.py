@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from ovseg_cli.classes import ClassSpec
 from ovseg_cli.clip.loading import load_clip
-from ovseg_cli.clip.prompts import VILD_TEMPLATES, encode_texts, encode_vocabulary, templates_named
+from ovseg_cli.clip.prompts import encode_texts, encode_vocabulary
+from ovseg_cli.clip.templates import VILD_TEMPLATES, templates_named
 
 
 def test_template_sets() -> None:

@@ -124,7 +124,7 @@ def test_keyframe_schedule() -> None:
     fixed = KeyframeSettings(interval=4)
     assert [fixed.is_keyframe(s) for s in (1, 3, 4)] == [False, False, True]
     assert not KeyframeSettings().propagating and fixed.propagating
-    auto = KeyframeSettings(interval=None, max_interval=6, max_error=0.1)
+    auto = KeyframeSettings(interval="auto", max_interval=6, max_error=0.1)
     calm = identity_flow(10, 10)
     torn = Flow(calm.field, np.where(np.arange(100).reshape(10, 10) < 20, 255, 0).astype(np.uint8))
     assert not auto.is_keyframe(3, calm) and auto.is_keyframe(6, calm)

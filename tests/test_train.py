@@ -74,9 +74,9 @@ def test_overfits_moving_shapes(tmp_path: Path) -> None:
     from ovseg_cli.evaluation.report import run_eval
 
     seg = SegmentConfig(checkpoint=str(tmp_path / "run" / "last.safetensors"))
-    _, report, _ = run_eval(
+    report = run_eval(
         data, EvalConfig(split="all", data_split="train", vc=()), seg, out=tmp_path / "ev"
-    )
+    ).report
     assert report["mIoU"] > 0.9, report["per_class"]
 
 

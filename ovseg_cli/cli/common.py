@@ -1,7 +1,8 @@
-"""What every command shares: one-line errors, warnings, and the progress bar.
+"""What every command shares: one-line errors, warnings and stop signals.
 
-Commands live in their own modules (cli.py, prep_cli.py, eval_cli.py, train_cli.py); this
-module keeps their reporting identical and has no heavy imports.
+Each command lives in its own module of ``ovseg_cli.cli``; their options come from
+``options`` and their progress bars and summaries from ``progress``. Nothing heavy is
+imported here.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import errno
 import functools
 import logging
 import os
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -112,54 +112,3 @@ def friendly_errors(fn: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-class FrameProgress:
-    """A rich progress bar on stderr: frames done / total and frames per second."""
-
-    def __init__(self, label: str) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn(f"[bold]{label}[/]"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("frames"),
-            TextColumn("{task.fields[fps]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console(),
-            transient=False,
-        )
-        self.task: Any = None
-        self.t0 = 0.0
-        self.done = 0
-
-    def start(self, total: int | None) -> None:
-        """Show the bar (total None: unknown)."""
-        self.progress.start()
-        self.task = self.progress.add_task("frames", total=total, fps="")
-        self.t0 = time.perf_counter()
-
-    def advance(self, n: int = 1, note: str = "") -> None:
-        """Count n more frames; ``note`` is shown after the rate (e.g. '25% keyframes')."""
-        self.done += n
-        rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
-        text = f"{rate:.2f} fps" + (f", {note}" if note else "")
-        self.progress.update(self.task, advance=n, fps=text)
-
-    def stop(self) -> None:
-        """End the bar at 100% of what was done (estimates can be off)."""
-        if self.task is None:
-            return  # never started: stopping would print an empty line
-        total = self.progress.tasks[0].total
-        if total is not None and self.done != total:
-            self.progress.update(self.task, total=self.done)
-        self.progress.stop()

@@ -1,84 +1,64 @@
-"""`ovseg eval`: the paper's metrics on a prepared dataset, a table and a report folder."""
+"""`ovseg eval`: the paper's metrics on a prepared dataset, a table and a report folder.
+
+It takes the model's and the stream's options from the same definitions as `segment`, so
+``--keyframe-interval 4`` measures exactly what `segment --keyframe-interval 4` does.
+"""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from ovseg_cli.cli.common import FrameProgress, console, friendly_errors
-from ovseg_cli.config import EvalConfig, SegmentConfig, default_text, help_text
+from ovseg_cli.cli.common import console, friendly_errors
+from ovseg_cli.cli.options import MODEL_OPTIONS, STREAM_OPTIONS, config_options
+from ovseg_cli.cli.progress import Progress, done
+from ovseg_cli.config import EvalConfig, SegmentConfig
 
-
-def _opt(cls: type, name: str, *decls: str) -> typer.models.OptionInfo:
-    return typer.Option(
-        None, *decls, help=help_text(cls, name), show_default=default_text(cls, name)
-    )
+EVAL_OPTIONS = (
+    "split", "data_split", "limit_videos", "vc", "size", "classes_file", "examples", "masks",
+)  # fmt: skip
 
 
 @friendly_errors
+@config_options(SegmentConfig, (*MODEL_OPTIONS, *STREAM_OPTIONS), into="model_settings")
+@config_options(EvalConfig, EVAL_OPTIONS, into="eval_settings")
 def eval_command(
     data: Path = typer.Option(
         ..., "--data", "-d", help="Prepared dataset (folder with index.json)."
     ),
-    split: str = _opt(EvalConfig, "split", "--split"),
-    checkpoint: str = _opt(SegmentConfig, "checkpoint", "--checkpoint"),
-    clip: str = _opt(SegmentConfig, "clip", "--clip"),
-    pretrained: str = _opt(SegmentConfig, "pretrained", "--pretrained"),
-    dense_method: str = _opt(SegmentConfig, "dense_method", "--dense-method"),
     out: str = typer.Option(
         None, "--out", "-o", help="Report folder.", show_default="<dataset>_eval_<split>"
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report folder."),
-    limit_videos: int = _opt(EvalConfig, "limit_videos", "--limit-videos"),
-    vc: str = typer.Option(
-        None, "--vc", help="Window sizes of VC_n, e.g. 8,16.", show_default="8,16"
-    ),
-    data_split: str = _opt(EvalConfig, "data_split", "--data-split"),
-    size: int = _opt(EvalConfig, "size", "--size"),
-    classes_file: str = _opt(EvalConfig, "classes_file", "--classes-file"),
-    examples: int = _opt(EvalConfig, "examples", "--examples"),
-    device: str = _opt(SegmentConfig, "device", "--device"),
-    precision: str = _opt(SegmentConfig, "precision", "--precision"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or tables."),
+    eval_settings: dict[str, Any] | None = None,
+    model_settings: dict[str, Any] | None = None,
 ) -> None:
     """Evaluate on seen, unseen or all classes: mIoU, fwIoU, mAcc, pAcc, VC_n and a report."""
     from ovseg_cli.config import from_mapping
     from ovseg_cli.evaluation.report import run_eval
 
-    eval_cfg = from_mapping(
-        EvalConfig,
-        {k: v for k, v in {
-            "split": split, "limit_videos": limit_videos, "vc": vc, "data_split": data_split,
-            "size": size, "classes_file": classes_file, "examples": examples,
-        }.items() if v is not None},
-        source="command line",
-    )  # fmt: skip
-    seg_cfg = from_mapping(
-        SegmentConfig,
-        {k: v for k, v in {
-            "checkpoint": checkpoint, "clip": clip, "pretrained": pretrained,
-            "dense_method": dense_method, "device": device, "precision": precision,
-        }.items() if v is not None},
-        source="command line",
-    )  # fmt: skip
-    progress = None if quiet else FrameProgress("eval")
+    eval_cfg = from_mapping(EvalConfig, eval_settings or {}, source="command line")
+    seg_cfg = from_mapping(SegmentConfig, model_settings or {}, source="command line")
+    progress = Progress("eval", enabled=not quiet)
     try:
-        folder, report, result = run_eval(
+        run = run_eval(
             data, eval_cfg, seg_cfg, out=out, overwrite=overwrite,
-            on_start=progress.start if progress else None,
-            on_frame=progress.advance if progress else None,
+            on_start=progress.start, on_frame=progress.advance,
         )  # fmt: skip
     finally:
-        if progress is not None:
-            progress.stop()
+        progress.stop()
     if not quiet:
-        _print_report(report)
-        console(stderr=False).print(
-            f"[green]done:[/] {result.frames} frames ({result.labelled} labelled) in "
-            f"{result.seconds:.1f} s ({result.fps:.2f} fps) -> {folder}"
-        )
+        _print_report(run.report)
+    result = run.result
+    done(
+        f"{result.frames} frames ({result.labelled} labelled) in {result.seconds:.1f} s "
+        f"({result.fps:.2f} fps) -> {run.out_dir}",
+        quiet,
+    )
 
 
 def _pct(x: float | None) -> str:
@@ -86,7 +66,7 @@ def _pct(x: float | None) -> str:
 
 
 def _print_report(report: dict) -> None:
-    """The summary and the per-class table."""
+    """The per-class table, the summary and, with keyframes, keyframes against the rest."""
     from rich.table import Table
 
     summary = Table(title=f"{report['split']} classes, {report['data_split']} videos")
@@ -110,3 +90,11 @@ def _print_report(report: dict) -> None:
     out = console(stderr=False)
     out.print(per_class)
     out.print(summary)
+    kinds = report["by_frame_kind"]
+    if kinds["propagated"]["frames"]:
+        table = Table(title="keyframes and frames propagated by optical flow")
+        for col in ("frames", "labelled", "mIoU", "pAcc"):
+            table.add_column(col, justify="left" if col == "frames" else "right")
+        for kind, k in kinds.items():
+            table.add_row(kind, str(k["frames"]), _pct(k["mIoU"]), _pct(k["pAcc"]))
+        out.print(table)

@@ -1,142 +1,73 @@
-"""`ovseg prep`: datasets on disk to one prepared index (``index.json`` + converted labels).
+"""`ovseg prep`: one command per registered dataset format, made from its registry entry.
 
-Only typer and the standard library are imported here; the dataset code is imported inside
-the commands, so that ``ovseg --help`` stays instant.
+Each format's help, what its ROOT holds, its default seen classes and its own options come
+from ``ovseg_cli.datasets.formats`` (the one place they are written). The dataset code is
+imported inside the commands' work, so that preparing never imports torch.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from ovseg_cli.cli.common import FrameProgress, console, friendly_errors, warn
+from ovseg_cli.cli.common import console, friendly_errors, warn
+from ovseg_cli.cli.progress import Progress, done
+from ovseg_cli.datasets.formats import FormatInfo, get_format, list_formats
 
 prep_app = typer.Typer(
     help="Prepare a video segmentation dataset (VSPW, Cityscapes sequences, CamVid, a folder).",
     no_args_is_help=True,
 )
 
-
-# options of type Path are shared module-level objects (ruff's B008 allows no calls there)
-_OUT = typer.Option(..., "--out", "-o", help="Output folder for index.json and labels.")
-_SPLIT_FILE = typer.Option(
-    None, "--split-file", help="YAML/JSON file with 'seen' and/or 'unseen' class lists."
+SEEN_HELP = (
+    "Seen classes: indices, ranges and names, e.g. '0-79' or '0-6,sky'; 'all' or 'none'. "
+    "The rest are unseen."
 )
 
 
-def _seen(default: str) -> Any:
-    return typer.Option(
-        None,
-        "--seen",
-        help="Seen classes: indices, ranges and names, e.g. '0-79' or '0-6,sky'; "
-        "'all' or 'none'. The rest are unseen.",
-        show_default=default,
-    )
+def _parameters(info: FormatInfo) -> list[inspect.Parameter]:
+    """The options of `ovseg prep NAME`: the common ones and the format's own."""
+    o, kw = typer.Option, inspect.Parameter.KEYWORD_ONLY
+    common: list[tuple[str, Any, Any]] = [
+        ("root", Path, typer.Argument(..., help=info.root, show_default=False)),
+        ("out", str, o(..., "--out", "-o", help="Output folder for index.json and labels.")),
+        ("seen", str, o(None, "--seen", help=SEEN_HELP, show_default=info.seen)),
+        ("split_file", Path, o(None, "--split-file",
+                               help="YAML/JSON file with 'seen' and/or 'unseen' class lists.")),
+        ("copy", bool, o(False, "--copy", help="Copy images and labels into the output folder.")),
+        ("overwrite", bool, o(False, "--overwrite", help="Replace an existing output folder.")),
+        ("workers", int, o(None, "--workers", "-j", help="Threads reading labels.",
+                           show_default="cores, at most 8")),
+        ("quiet", bool, o(False, "--quiet", "-q", help="No progress bar or summary.")),
+    ]  # fmt: skip
+    for name, opt in info.options.items():
+        flag = "--" + name.replace("_", "-")
+        common.append((name, type(opt.default), o(opt.default, flag, help=opt.help)))
+    return [inspect.Parameter(n, kw, default=d, annotation=t) for n, t, d in common]
 
 
-def _copy() -> Any:
-    return typer.Option(False, "--copy", help="Copy images and labels into the output folder.")
+def _command(info: FormatInfo) -> Callable[..., None]:
+    """`ovseg prep NAME` for one format."""
 
+    def command(**kwargs: Any) -> None:
+        options = {name: kwargs.pop(name) for name in info.options}
+        _prepare(info.name, options=options, **kwargs)
 
-def _overwrite() -> Any:
-    return typer.Option(False, "--overwrite", help="Replace an existing output folder.")
-
-
-def _workers() -> Any:
-    return typer.Option(
-        None, "--workers", "-j", help="Threads reading labels.", show_default="cores, at most 8"
-    )
-
-
-def _quiet() -> Any:
-    return typer.Option(False, "--quiet", "-q", help="No progress bar or summary.")
-
-
-@prep_app.command()
-@friendly_errors
-def vspw(
-    root: Path = typer.Argument(
-        ...,
-        help="VSPW 480p root: data/, train.txt, ..., label_num_dic_final.json.",
-        show_default=False,
-    ),
-    out: str = _OUT,
-    seen: str = _seen("0-79: the first 80 classes, as in the paper"),
-    split_file: Path = _SPLIT_FILE,
-    copy: bool = _copy(),
-    overwrite: bool = _overwrite(),
-    workers: int = _workers(),
-    quiet: bool = _quiet(),
-) -> None:
-    """VSPW: 124 classes ("others" and void are ignored), official train/val/test videos."""
-    _prepare("vspw", root, out, seen, split_file, copy, overwrite, workers, quiet)
-
-
-@prep_app.command()
-@friendly_errors
-def cityscapes(
-    root: Path = typer.Argument(
-        ..., help="Cityscapes root: leftImg8bit_sequence/ and gtFine/.", show_default=False
-    ),
-    out: str = _OUT,
-    seen: str = _seen("all: Cityscapes serves cross-dataset evaluation"),
-    split_file: Path = _SPLIT_FILE,
-    copy: bool = _copy(),
-    overwrite: bool = _overwrite(),
-    workers: int = _workers(),
-    quiet: bool = _quiet(),
-) -> None:
-    """Cityscapes sequences: 30-frame snippets, the 20th frame labelled, 19 train classes."""
-    _prepare("cityscapes", root, out, seen, split_file, copy, overwrite, workers, quiet)
-
-
-@prep_app.command()
-@friendly_errors
-def camvid(
-    root: Path = typer.Argument(
-        ...,
-        help="CamVid root in the SegNet layout: train/, trainannot/, val/, ...",
-        show_default=False,
-    ),
-    out: str = _OUT,
-    seen: str = _seen("0-6: the first 7 classes"),
-    split_file: Path = _SPLIT_FILE,
-    copy: bool = _copy(),
-    overwrite: bool = _overwrite(),
-    workers: int = _workers(),
-    quiet: bool = _quiet(),
-) -> None:
-    """CamVid: 11 classes, frames grouped into sequences by file name."""
-    _prepare("camvid", root, out, seen, split_file, copy, overwrite, workers, quiet)
-
-
-@prep_app.command()
-@friendly_errors
-def folder(
-    root: Path = typer.Argument(
-        ..., help="Folder with classes.txt and <video>/frames/, <video>/masks/.", show_default=False
-    ),
-    out: str = _OUT,
-    seen: str = _seen("all"),
-    split_file: Path = _SPLIT_FILE,
-    split: str = typer.Option(
-        "train", "--split", help="Split of the videos not listed in ROOT/{train,val,test}.txt."
-    ),
-    copy: bool = _copy(),
-    overwrite: bool = _overwrite(),
-    workers: int = _workers(),
-    quiet: bool = _quiet(),
-) -> None:
-    """Your own videos: <video>/frames/*.jpg|png, optional <video>/masks/*.png, classes.txt."""
-    _prepare(
-        "folder", root, out, seen, split_file, copy, overwrite, workers, quiet, {"split": split}
-    )
+    params = _parameters(info)
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = info.help
+    command.__name__ = info.name
+    return friendly_errors(command)
 
 
 def _prepare(
     fmt: str,
+    *,
     root: Path,
     out: str,
     seen: str | None,
@@ -145,7 +76,7 @@ def _prepare(
     overwrite: bool,
     workers: int | None,
     quiet: bool,
-    options: dict[str, Any] | None = None,
+    options: dict[str, Any],
 ) -> None:
     from ovseg_cli.datasets.prep import prepare
 
@@ -153,26 +84,23 @@ def _prepare(
         from ovseg_cli.errors import OvsegError
 
         raise OvsegError(f"--workers must be at least 1, not {workers}")
-    progress = None if quiet else FrameProgress(f"prep {fmt}")
+    progress = Progress(f"prep {fmt}", enabled=not quiet)
     try:
         result = prepare(
-            fmt,
-            root,
-            out,
-            seen=seen,
-            split_file=split_file,
-            copy=copy,
-            overwrite=overwrite,
-            workers=workers,
-            options=options,
-            on_start=(lambda raw, total: progress.start(total)) if progress else None,
-            on_video=(lambda video: progress.advance(len(video.frames))) if progress else None,
-        )
+            fmt, root, out, seen=seen, split_file=split_file, copy=copy, overwrite=overwrite,
+            workers=workers, options=options,
+            on_start=lambda raw, total: progress.start(total),
+            on_video=lambda video: progress.advance(len(video.frames)),
+        )  # fmt: skip
     finally:
-        if progress is not None:
-            progress.stop()
+        progress.stop()
     if not quiet:
         _summary(result)
+    done(f"{len(result.index.videos)} videos -> {result.out_dir} ({result.seconds:.1f} s)", quiet)
+
+
+for _name in list_formats():
+    prep_app.command(_name)(_command(get_format(_name)))
 
 
 def _summary(result: Any) -> None:
@@ -196,7 +124,7 @@ def _summary(result: Any) -> None:
     out.print(table)
     out.print(
         f"classes: {len(index.classes)} ({len(index.seen)} seen, {len(index.unseen)} unseen); "
-        f"index: {index.path} ({result.seconds:.1f} s)"
+        f"index: {index.path}"
     )
     train = stats.get("splits", {}).get("train")
     if train and train["labelled_frames"]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from ovseg_cli.cli.common import console, friendly_errors
+from ovseg_cli.cli.progress import Progress, done
 
 
 @friendly_errors
@@ -54,18 +56,21 @@ def train_command(
     else:
         cfg = resolve_train_config(None, config, assignments, overrides)
 
-    bar = _TrainProgress() if not quiet else None
+    bar = Progress("train", unit="steps", enabled=not quiet, estimated=False)
+
+    def on_log(log: Any) -> None:
+        bar.update(log.step, f"loss {log.loss:.4f} (main {log.main:.4f}, aux {log.aux:.4f}) "
+                             f"lr {log.lr:.2e} {log.clips_per_s:.1f} clips/s")  # fmt: skip
+
     say = console().print if not quiet else None
     try:
         result = train(
             data, out, cfg, resume=resume, overwrite=overwrite,
             inputs=[config] if config is not None else [],
-            on_start=bar.start if bar else None, on_log=bar.update if bar else None,
-            on_message=say,
+            on_start=lambda step, total: bar.start(total, step), on_log=on_log, on_message=say,
         )  # fmt: skip
     finally:
-        if bar is not None:
-            bar.stop()
+        bar.stop()
     best = f", best validation mIoU {100 * result.best:.2f}" if result.best is not None else ""
     if result.stopped == "interrupted":
         import signal
@@ -76,45 +81,4 @@ def train_command(
             f"{result.run_dir}; go on with --resume"
         )
         raise typer.Exit(128 + (result.signal or signal.SIGINT))  # `train && eval` stops here
-    if not quiet:
-        console(stderr=False).print(
-            f"[green]done:[/] {result.steps} steps in {result.seconds:.0f} s{best} -> {result.run_dir}"
-        )
-
-
-class _TrainProgress:
-    """Step, loss (main/aux), learning rate and throughput."""
-
-    def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("[bold]train[/]"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("steps {task.fields[info]}"),
-            TimeRemainingColumn(),
-            console=console(),
-        )
-        self.task = None
-
-    def start(self, step: int, total: int) -> None:
-        self.progress.start()
-        self.task = self.progress.add_task("train", total=total, completed=step, info="")
-
-    def update(self, log) -> None:
-        info = (
-            f"loss {log.loss:.4f} (main {log.main:.4f}, aux {log.aux:.4f}) "
-            f"lr {log.lr:.2e} {log.clips_per_s:.1f} clips/s"
-        )
-        self.progress.update(self.task, completed=log.step, info=info)
-
-    def stop(self) -> None:
-        if self.task is not None:
-            self.progress.stop()
+    done(f"{result.steps} steps in {result.seconds:.0f} s{best} -> {result.run_dir}", quiet)

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ovseg_cli.clip.methods import DENSE_METHOD_INFO
+
 DenseMethod = Callable[[nn.Module, torch.Tensor, tuple[int, int]], torch.Tensor]
 DENSE_METHODS: dict[str, DenseMethod] = {}
 
@@ -36,6 +38,9 @@ NACLIP_STD = 5.0  # Gaussian neighbourhood width in patches, as published
 
 def register_dense_method(name: str) -> Callable[[DenseMethod], DenseMethod]:
     """Register a last-block variant under a name usable with --dense-method."""
+
+    if name not in DENSE_METHOD_INFO:
+        raise ValueError(f"dense method {name!r} is not described in ovseg_cli.clip.methods")
 
     def wrap(fn: DenseMethod) -> DenseMethod:
         DENSE_METHODS[name] = fn

@@ -15,37 +15,7 @@ import torch.nn.functional as F
 
 from ovseg_cli.classes import RGB, ClassSpec, colors_for
 from ovseg_cli.clip.loading import ClipBundle
-
-# ViLD's templates, the set CAT-Seg uses for open-vocabulary segmentation
-VILD_TEMPLATES = (
-    "a photo of a {}.",
-    "This is a photo of a {}",
-    "There is a {} in the scene",
-    "There is the {} in the scene",
-    "a photo of a {} in the scene",
-    "a photo of a small {}.",
-    "a photo of a medium {}.",
-    "a photo of a large {}.",
-    "This is a photo of a small {}.",
-    "This is a photo of a medium {}.",
-    "This is a photo of a large {}.",
-    "There is a small {} in the scene.",
-    "There is a medium {} in the scene.",
-    "There is a large {} in the scene.",
-)
-
-
-def templates_named(name: str) -> tuple[str, ...]:
-    """A template set by name: 'vild' (14), 'imagenet' (OpenAI's 80) or 'single'."""
-    if name == "vild":
-        return VILD_TEMPLATES
-    if name == "single":
-        return ("a photo of a {}.",)
-    if name == "imagenet":
-        from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-
-        return tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
-    raise ValueError(f"unknown template set {name!r}")
+from ovseg_cli.clip.templates import VILD_TEMPLATES
 
 
 @dataclass

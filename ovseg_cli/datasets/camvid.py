@@ -52,7 +52,10 @@ def sequence_of(stem: str) -> tuple[str, int] | None:
 
 
 @register_format(
-    "camvid", help="CamVid (SegNet layout: train/, trainannot/, val/, ...), 11 classes."
+    "camvid",
+    help="CamVid: 11 classes, frames grouped into sequences by file name.",
+    root="CamVid root in the SegNet layout: train/, trainannot/, val/, ...",
+    seen="0-6: the first 7 classes",
 )
 def read_camvid(root: Path, options: dict[str, Any]) -> RawDataset:
     """CamVid (SegNet layout: train/, trainannot/, val/, ...), 11 classes."""

@@ -94,7 +94,10 @@ def _labels(folder: Path) -> dict[tuple[str, str, int], Path]:
 
 
 @register_format(
-    "cityscapes", help="Cityscapes leftImg8bit_sequence + gtFine labelIds, 19 classes."
+    "cityscapes",
+    help="Cityscapes sequences: 30-frame snippets, the 20th frame labelled, 19 train classes.",
+    root="Cityscapes root: leftImg8bit_sequence/ and gtFine/.",
+    seen="all: Cityscapes serves cross-dataset evaluation",
 )
 def read_cityscapes(root: Path, options: dict[str, Any]) -> RawDataset:
     """Cityscapes leftImg8bit_sequence + gtFine labelIds, 19 classes."""

@@ -20,6 +20,7 @@ from typing import Any
 
 from ovseg_cli.classes import colors_for, read_classes_file
 from ovseg_cli.datasets.formats import (
+    FormatOption,
     RawDataset,
     RawFrame,
     RawVideo,
@@ -35,7 +36,16 @@ from ovseg_cli.errors import OvsegError
 _EXPECTED = "classes.txt and <video>/frames/*.jpg|png (with optional <video>/masks/*.png)"
 
 
-@register_format("folder", help="Your own videos: <video>/frames/, <video>/masks/, classes.txt.")
+@register_format(
+    "folder",
+    help="Your own videos: <video>/frames/*.jpg|png, optional <video>/masks/*.png, classes.txt.",
+    root="Folder with classes.txt and <video>/frames/, <video>/masks/.",
+    options={
+        "split": FormatOption(
+            "train", "Split of the videos not listed in ROOT/{train,val,test}.txt."
+        )
+    },
+)
 def read_folder(root: Path, options: dict[str, Any]) -> RawDataset:
     """Your own videos: <video>/frames/, <video>/masks/, classes.txt."""
     default_split = check_split(options.get("split", "train"))

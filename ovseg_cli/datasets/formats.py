@@ -68,23 +68,42 @@ Reader = Callable[[Path, dict[str, Any]], RawDataset]
 
 
 @dataclass(frozen=True)
+class FormatOption:
+    """An option of one format only (given to its reader in ``options``)."""
+
+    default: Any
+    help: str
+
+
+@dataclass(frozen=True)
 class FormatInfo:
-    """A registered format: its reader and a one-line description."""
+    """A registered format: its reader and what `ovseg prep NAME --help` says of it."""
 
     name: str
     reader: Reader
-    help: str
+    help: str  # one line: the format
+    root: str = "Dataset root."  # what ROOT must hold
+    seen: str = "all"  # the default seen classes, in words
+    options: dict[str, FormatOption] = field(default_factory=dict)
 
 
 _FORMATS: dict[str, FormatInfo] = {}
 _BUILTIN = ("vspw", "cityscapes", "camvid", "folder")
 
 
-def register_format(name: str, help: str = "") -> Callable[[Reader], Reader]:
-    """Decorator registering a reader under a format name."""
+def register_format(
+    name: str,
+    help: str = "",
+    *,
+    root: str = "Dataset root.",
+    seen: str = "all",
+    options: dict[str, FormatOption] | None = None,
+) -> Callable[[Reader], Reader]:
+    """Decorator registering a reader under a format name (``ovseg prep NAME`` comes of it)."""
 
     def deco(fn: Reader) -> Reader:
-        _FORMATS[name] = FormatInfo(name, fn, help or (fn.__doc__ or "").strip().splitlines()[0])
+        line = help or (fn.__doc__ or "").strip().splitlines()[0]
+        _FORMATS[name] = FormatInfo(name, fn, line, root, seen, dict(options or {}))
         return fn
 
     return deco

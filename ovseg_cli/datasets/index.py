@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ovseg_cli.classes import UNLABELLED as IGNORE_INDEX  # noqa: F401  (the one 255: no class)
 from ovseg_cli.errors import OvsegError, did_you_mean
 
 INDEX_NAME = "index.json"
 INDEX_VERSION = 1
-IGNORE_INDEX = 255
 SPLITS = ("train", "val", "test")
 
 

@@ -60,7 +60,10 @@ def read_label_list(path: Path) -> list[str]:
 
 
 @register_format(
-    "vspw", help="VSPW 480p: data/<video>/{origin,mask}, train/val/test.txt, 124 classes."
+    "vspw",
+    help='VSPW: 124 classes ("others" and void are ignored), official train/val/test videos.',
+    root="VSPW 480p root: data/, train.txt, ..., label_num_dic_final.json.",
+    seen="0-79: the first 80 classes, as in the paper",
 )
 def read_vspw(root: Path, options: dict[str, Any]) -> RawDataset:
     """VSPW 480p: data/<video>/{origin,mask}, train/val/test.txt, 124 classes."""

@@ -8,8 +8,13 @@ All four come from one confusion matrix, accumulated on the model's device with
   ground truth and the predictions has no IoU (NaN) and is left out of the means rather
   than counted as 0 or 1; a class predicted but absent from the ground truth has IoU 0;
   a class absent from the ground truth has no accuracy (NaN);
+- a pixel left unlabelled by the prediction (255, ``--threshold``) counts as a miss of its
+  ground-truth class (a false negative), and as no class's false positive;
 - fwIoU = sum_c freq_c IoU_c with freq_c the class's share of the scored pixels;
 - pAcc = sum_c TP / scored pixels.
+
+Counts from several processes add up (``merge``, ``state``), so a distributed evaluation
+reports what a single process would.
 """
 
 from __future__ import annotations
@@ -22,23 +27,24 @@ from typing import Any
 import numpy as np
 import torch
 
-IGNORE_INDEX = 255
-
 
 class ConfusionMatrix:
-    """Counts (ground truth, prediction) pairs over many frames; rows are ground truth."""
+    """Counts (ground truth, prediction) pairs over many frames; rows are ground truth, and
+    the last column counts pixels the prediction left unlabelled."""
 
     def __init__(self, num_classes: int, device: torch.device | str = "cpu") -> None:
         self.n = num_classes
-        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        self.matrix = torch.zeros(num_classes, num_classes + 1, dtype=torch.int64, device=device)
 
     def update(self, pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> None:
         """Add one or more label maps; pixels with target 255 (or out of range) are skipped."""
         pred_t = torch.as_tensor(pred, device=self.matrix.device).reshape(-1).long()
         target_t = torch.as_tensor(target, device=self.matrix.device).reshape(-1).long()
         keep = (target_t >= 0) & (target_t < self.n)
-        pair = target_t[keep] * self.n + pred_t[keep].clamp(0, self.n - 1)
-        self.matrix += torch.bincount(pair, minlength=self.n * self.n).view(self.n, self.n)
+        column = torch.where(pred_t[keep] < self.n, pred_t[keep], self.n)  # unlabelled: last
+        pair = target_t[keep] * (self.n + 1) + column
+        counts = torch.bincount(pair, minlength=self.n * (self.n + 1))
+        self.matrix += counts.view(self.n, self.n + 1)
 
     def merge(self, other: ConfusionMatrix) -> None:
         """Add another matrix (e.g. from another process)."""
@@ -50,11 +56,13 @@ class ConfusionMatrix:
 
 
 def metrics_from_confusion(conf: np.ndarray) -> dict[str, Any]:
-    """The four metrics from a (C, C) confusion matrix (rows ground truth, columns prediction)."""
+    """The four metrics from a (C, C) or (C, C + 1) confusion matrix (rows ground truth,
+    columns prediction, an optional last column of unlabelled predictions)."""
     conf = conf.astype(np.float64)
-    tp = np.diag(conf)
+    c = conf.shape[0]
+    tp = np.diag(conf[:, :c])
     gt = conf.sum(axis=1)
-    pred = conf.sum(axis=0)
+    pred = conf[:, :c].sum(axis=0)
     union = gt + pred - tp
     total = gt.sum()
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -77,53 +85,65 @@ def metrics_from_confusion(conf: np.ndarray) -> dict[str, Any]:
     }
 
 
-class VideoConsistency:
-    """VSPW's VC_n: in each window of n consecutive labelled frames, among the pixels whose
-    ground truth stays the same (and is not ignored) over the window, the share whose
-    prediction also stays the same. Averaged over windows within a video, then over videos.
+def window_consistency(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> float | None:
+    """One window of VSPW's VC: among the pixels whose ground truth stays the same over the
+    window, the share whose prediction stays the same too (None when there are none)."""
+    stable_gt = np.ones(gts[0].shape, bool)
+    stable_pred = np.ones(preds[0].shape, bool)
+    for g, p in zip(gts[1:], preds[1:], strict=True):
+        stable_gt &= g == gts[0]
+        stable_pred &= p == preds[0]
+    count = int(stable_gt.sum())
+    return float((stable_gt & stable_pred).sum()) / count if count else None
 
-    Only the last n frames of the current video are held (a ring buffer per window size).
+
+class VideoConsistency:
+    """VSPW's VC_n, computed as VSPW's published evaluation (``VC_perclip.py``) computes it.
+
+    - The frames are a video's *labelled* frames in order (VSPW labels every frame it keeps;
+      frames without a label are skipped, not a break).
+    - Windows: n consecutive labelled frames starting at 0, 1, ..., len - n - 1 (VSPW's
+      ``range(len(list_) - clip_num)``: the window ending on the video's last frame is not
+      counted); a video of n labelled frames or fewer has none.
+    - Pixels: those whose ground truth has the same value in all n frames, whatever the
+      value (ignored pixels, 255, included, as the reference compares raw label maps); the
+      window's score is the share of them whose prediction is also the same in all n.
+    - VC_n: the mean over all windows of all videos (a window with no such pixel is left
+      out, as the reference's ``nanmean``).
+
+    Only the last n frames of the current video are held (a ring buffer).
     """
 
     def __init__(self, windows: Sequence[int] = (8, 16)) -> None:
         self.windows = tuple(int(n) for n in windows)
         if any(n < 2 for n in self.windows):
             raise ValueError("VC windows must span at least 2 frames")
-        self._buf: deque[tuple[torch.Tensor, torch.Tensor]] = deque(
-            maxlen=max(self.windows, default=1)
-        )
-        self._video: dict[int, list[float]] = {n: [] for n in self.windows}
-        self._videos: dict[int, list[float]] = {n: [] for n in self.windows}
+        self._buf: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=max(self.windows, default=1))
+        self.sums = dict.fromkeys(self.windows, 0.0)
+        self.counts = dict.fromkeys(self.windows, 0)
 
-    def add(self, pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> None:
-        """Add the next labelled frame of the current video."""
-        p = torch.as_tensor(pred).long()
-        g = torch.as_tensor(target).long()
-        self._buf.append((p, g))
+    def add(self, pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> None:
+        """Add the next labelled frame of the current video (prediction, raw ground truth)."""
+        frames = list(self._buf)
         for n in self.windows:
-            if len(self._buf) >= n:
-                frames = list(self._buf)[-n:]
-                gts = torch.stack([f[1] for f in frames])
-                preds = torch.stack([f[0] for f in frames])
-                stable_gt = (gts == gts[0]).all(0) & (gts[0] != IGNORE_INDEX)
-                stable_pred = (preds == preds[0]).all(0)
-                count = int(stable_gt.sum())
-                if count:
-                    self._video[n].append(float((stable_gt & stable_pred).sum()) / count)
-
-    def gap(self) -> None:
-        """An unlabelled frame: windows may not span it."""
-        self._buf.clear()
+            if len(frames) >= n:  # a later frame exists: the window before it counts
+                window = frames[-n:]
+                score = window_consistency([f[0] for f in window], [f[1] for f in window])
+                if score is not None:
+                    self.sums[n] += score
+                    self.counts[n] += 1
+        self._buf.append((np.asarray(pred), np.asarray(target)))
 
     def end_video(self) -> None:
-        """Close the current video: average its windows and start afresh."""
-        for n in self.windows:
-            if self._video[n]:
-                self._videos[n].append(float(np.mean(self._video[n])))
-            self._video[n] = []
+        """Close the current video: the next frames start a new one."""
         self._buf.clear()
 
+    def merge(self, other: VideoConsistency) -> None:
+        """Add another process's window sums and counts."""
+        for n in self.windows:
+            self.sums[n] += other.sums[n]
+            self.counts[n] += other.counts[n]
+
     def compute(self) -> dict[int, float]:
-        """VC_n per window size (NaN when no video had n consecutive labelled frames)."""
-        self.end_video()
-        return {n: float(np.mean(v)) if v else math.nan for n, v in self._videos.items()}
+        """VC_n per window size (NaN when no window had a stable pixel)."""
+        return {n: self.sums[n] / c if (c := self.counts[n]) else math.nan for n in self.windows}

@@ -6,8 +6,11 @@ mIoU reported over the seen classes, the unseen classes and their harmonic mean.
 whose ground truth is outside the evaluated classes, or ignored (255, where ``ovseg prep``
 puts void and VSPW's "others"), are never scored.
 
-Frames go through the same streaming path as ``segment``, video by video in temporal
-order (unlabelled frames too, as temporal context), at the original size by default.
+Each video's frames go through the very ``SegmentationStream`` that `segment` runs (the
+same keyframe choice, optical-flow propagation, batching, shot detection and threshold),
+unlabelled frames too, as temporal context, in temporal order, at each frame's own size by
+default (IV-B). Keyframes and propagated frames are also scored apart, so the accuracy
+cost of ``--keyframe-interval`` is one command away.
 """
 
 from __future__ import annotations
@@ -19,16 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
 
-from ovseg_cli.classes import ClassSpec, read_classes_file
-from ovseg_cli.config import EvalConfig
-from ovseg_cli.datasets.index import IGNORE_INDEX, PreparedIndex, Video, check_files
+from ovseg_cli.classes import UNLABELLED, ClassSpec, read_classes_file
+from ovseg_cli.config import EvalConfig, SegmentConfig
+from ovseg_cli.datasets.index import PreparedIndex, Video, check_files
 from ovseg_cli.errors import OvsegError, did_you_mean
 from ovseg_cli.evaluation.metrics import ConfusionMatrix, VideoConsistency
-from ovseg_cli.segment.stream import logits_to_mask
+from ovseg_cli.segment.protocol import Segmenter
+from ovseg_cli.segment.stream import FrameResult, SegmentationStream, StreamSettings
 from ovseg_cli.threads import Prefetcher
+from ovseg_cli.video.images import ImageSequence, read_image
+from ovseg_cli.video.rendering import palette_bytes, save_palette_png
+
+FRAME_KINDS = ("keyframes", "propagated")
 
 
 def evaluated_classes(index: PreparedIndex, split: str) -> list[int]:
@@ -77,6 +83,9 @@ class EvalResult:
     labelled: int
     seconds: float
     subsets: dict[str, float] = field(default_factory=dict)  # seen/unseen/hmean mIoU for "all"
+    by_kind: dict[str, dict[str, Any]] = field(default_factory=dict)  # keyframes / propagated
+    vc_windows: dict[int, int] = field(default_factory=dict)
+    stream: dict[str, Any] = field(default_factory=dict)  # keyframe and shot settings
     examples: list[Path] = field(default_factory=list)
 
     @property
@@ -90,30 +99,48 @@ def _subset_miou(iou: Sequence[float], members: Sequence[int]) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def _frames(
-    model: Any, video: Video, size: int | None
-) -> Iterator[tuple[torch.Tensor, np.ndarray, np.ndarray | None]]:
-    """(prepared image, RGB frame, label) per frame of a video, read in a background thread."""
+class Scores:
+    """Everything counted over the labelled frames: all, keyframes apart, propagated apart."""
+
+    def __init__(self, classes: int, vc: Sequence[int], device: Any = "cpu") -> None:
+        self.all = ConfusionMatrix(classes, device)
+        self.kinds = {k: ConfusionMatrix(classes, device) for k in FRAME_KINDS}
+        self.frames = dict.fromkeys(FRAME_KINDS, 0)
+        self.vc = VideoConsistency(vc)
+
+    def add(self, pred: np.ndarray, gt: np.ndarray, raw: np.ndarray, keyframe: bool) -> None:
+        """One labelled frame: prediction, ground truth in vocabulary indices, raw labels."""
+        kind = FRAME_KINDS[0] if keyframe else FRAME_KINDS[1]
+        self.all.update(pred, gt)
+        self.kinds[kind].update(pred, gt)
+        self.frames[kind] += 1
+        self.vc.add(pred, raw)
+
+    def merge(self, other: Scores) -> None:
+        """Add another process's counts."""
+        self.all.merge(other.all)
+        for k in FRAME_KINDS:
+            self.kinds[k].merge(other.kinds[k])
+            self.frames[k] += other.frames[k]
+        self.vc.merge(other.vc)
+
+    def by_kind(self) -> dict[str, dict[str, Any]]:
+        """Frames and the four metrics for keyframes and propagated frames apart."""
+        out = {}
+        for kind, conf in self.kinds.items():
+            m = conf.compute()
+            out[kind] = {"frames": self.frames[kind], **{k: m[k] for k in ("mIoU", "pAcc")}}
+        return out
+
+
+def _labels(video: Video) -> Iterator[np.ndarray | None]:
+    """Each frame's label map (None where unlabelled), read ahead in a background thread."""
     for frame in video.frames:
-        rgb = _read_image(frame.image, "RGB")
-        label = None
-        if frame.label is not None:
-            label = _read_image(frame.label, None)
-            if label.shape != rgb.shape[:2]:
-                raise OvsegError(f"{frame.label}: label size differs from its frame {frame.image}")
-        yield model.prepare(rgb, size or min(rgb.shape[:2])), rgb, label
+        yield None if frame.label is None else read_image(frame.label, None)
 
 
-def _read_image(path: str, mode: str | None) -> np.ndarray:
-    """An image file as an array, with a one-line error for a missing or broken file."""
-    try:
-        with Image.open(path) as img:
-            return np.array(img.convert(mode) if mode else img)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise OvsegError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-
-
-def _check_memory(model: Any, videos: Sequence[Video], classes: int, size: int | None) -> None:
+def check_memory(model: Segmenter, videos: Sequence[Video], classes: int, size: int | None) -> None:
+    """Refuse, before any work, a --size whose memory would exceed what is available."""
     from ovseg_cli.memory import available_device_bytes, available_host_bytes, check_fits
 
     for video in videos:
@@ -126,72 +153,105 @@ def _check_memory(model: Any, videos: Sequence[Video], classes: int, size: int |
         check_fits(need, free, f"evaluating {w}x{h} frames of {video.name}", advice)
 
 
+@dataclass
+class _Output:
+    """Where an evaluation writes frames: predicted masks and example images."""
+
+    folder: Path | None
+    masks: bool
+    wanted: set[int]  # labelled-frame numbers to save as examples
+    palette: bytes
+    colors: Any
+    saved: list[Path] = field(default_factory=list)
+
+    def frame(self, video: Video, result: FrameResult, gt: np.ndarray, labelled: int) -> None:
+        if self.folder is None:
+            return
+        stem = Path(video.frames[result.index].image).stem
+        if self.masks:
+            path = self.folder / "masks" / video.name / f"{stem}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_palette_png(result.mask, self.palette, path)
+        if labelled in self.wanted:
+            folder = self.folder / "examples"
+            n = len(self.saved)
+            example = _save_example(
+                folder, video.name, n, result.frame, result.mask, gt, self.colors
+            )
+            self.saved.append(example)
+
+
 def evaluate(
-    model: Any,
+    model: Segmenter,
     index: PreparedIndex,
     cfg: EvalConfig,
+    seg: SegmentConfig | None = None,
     *,
     on_frame: Callable[[], None] | None = None,
-    examples_dir: Path | None = None,
+    out_dir: Path | None = None,
 ) -> EvalResult:
-    """Stream the chosen videos through a segmenter and score them (see the module doc)."""
+    """Stream the chosen videos through a segmenter and score them (see the module doc).
+
+    ``seg`` holds the stream's settings (keyframes, batch, shots, threshold); ``out_dir``
+    receives ``examples/`` and, with ``cfg.masks``, ``masks/<video>/<frame>.png``.
+    """
+    seg = seg or SegmentConfig()
     classes = evaluated_classes(index, cfg.split)
     if not classes:
         raise OvsegError(f"the dataset has no {cfg.split} classes (see its index.json split)")
-    videos = index.videos_in(cfg.data_split)[: cfg.limit_videos]
-    videos = [v for v in videos if v.labelled]
+    videos = [v for v in index.videos_in(cfg.data_split)[: cfg.limit_videos] if v.labelled]
     if not videos:
         raise OvsegError(f"no labelled videos in the {cfg.data_split} split of {index.path}")
     check_files(index, videos)
-    _check_memory(model, videos, len(classes), cfg.size)
+    check_memory(model, videos, len(classes), cfg.size)
     vocabulary = model.encode_vocabulary(class_specs(index, classes, cfg.classes_file))
-    lut = np.full(256, IGNORE_INDEX, np.uint8)  # dataset class -> position in the vocabulary
+    lut = np.full(256, UNLABELLED, np.uint8)  # dataset class -> position in the vocabulary
     lut[classes] = np.arange(len(classes), dtype=np.uint8)
-    conf = ConfusionMatrix(len(classes), device=model.device)
-    vc = VideoConsistency(cfg.vc)
-    total_labelled = sum(len(v.labelled) for v in videos)
+    scores = Scores(len(classes), cfg.vc, model.device)
+    total = sum(len(v.labelled) for v in videos)
     wanted = (
-        set(np.linspace(0, total_labelled - 1, cfg.examples).round().astype(int))
-        if cfg.examples
-        else set()
+        set(np.linspace(0, total - 1, cfg.examples).round().astype(int)) if cfg.examples else set()
     )
-    saved: list[Path] = []
+    output = _Output(
+        out_dir, cfg.masks, wanted, palette_bytes(vocabulary.colors), vocabulary.colors
+    )
     frames = labelled = 0
+    stream_info: dict[str, Any] = {}
     t0 = time.perf_counter()
     for video in videos:
-        state = model.init_state()
-        reader = Prefetcher(_frames(model, video, cfg.size), depth=4, name="ovseg-eval-reader")
+        source = ImageSequence([f.image for f in video.frames])
+        short = cfg.size or min(source.info.width, source.info.height)
+        settings = StreamSettings.from_config(seg, size=short)
+        labels = Prefetcher(_labels(video), depth=8, name="ovseg-eval-labels")
         try:
-            for image, rgb, label in reader:
-                logits, state = model.step(image, state, vocabulary)
-                frames += 1
-                if label is None:
-                    vc.gap()
-                else:
-                    pred = logits_to_mask(logits, label.shape)
-                    gt = lut[label]
-                    conf.update(torch.from_numpy(pred), torch.from_numpy(gt))
-                    vc.add(pred, gt)
-                    if labelled in wanted and examples_dir is not None:
-                        saved.append(
-                            _save_example(
-                                examples_dir,
-                                video.name,
-                                len(saved),
-                                rgb,
-                                pred,
-                                gt,
-                                vocabulary.colors,
+            with SegmentationStream(source, vocabulary, model, settings) as stream:
+                for result, raw in zip(stream, labels, strict=True):
+                    frames += 1
+                    if raw is not None:
+                        if raw.shape != result.mask.shape:
+                            raise OvsegError(
+                                f"{video.frames[result.index].label}: label size differs from "
+                                f"its frame {video.frames[result.index].image}"
                             )
-                        )
-                    labelled += 1
-                if on_frame is not None:
-                    on_frame()
+                        gt = lut[raw]
+                        scores.add(result.mask, gt, raw, result.is_keyframe)
+                        output.frame(video, result, gt, labelled)
+                        labelled += 1
+                    if on_frame is not None:
+                        on_frame()
+                stream_info = {**stream.describe(), "shot_threshold": stream.shot_threshold}
         finally:
-            reader.close()
-        vc.end_video()
-    seconds = time.perf_counter() - t0
-    metrics = conf.compute()
+            labels.close()
+        scores.vc.end_video()
+    return _result(cfg, index, classes, scores, len(videos), frames, labelled,
+                   time.perf_counter() - t0, stream_info, output.saved)  # fmt: skip
+
+
+def _result(
+    cfg: EvalConfig, index: PreparedIndex, classes: list[int], scores: Scores, videos: int,
+    frames: int, labelled: int, seconds: float, stream: dict[str, Any], examples: list[Path],
+) -> EvalResult:  # fmt: skip
+    metrics = scores.all.compute()
     subsets: dict[str, float] = {}
     if cfg.split == "all":
         pos = {c: i for i, c in enumerate(classes)}
@@ -200,24 +260,19 @@ def evaluate(
         hmean = 2 * seen * unseen / (seen + unseen) if seen + unseen > 0 else float("nan")
         subsets = {"seen": seen, "unseen": unseen, "hmean": hmean}
     return EvalResult(
-        split=cfg.split,
-        classes=classes,
-        names=[index.classes[c] for c in classes],
-        metrics=metrics,
-        vc=vc.compute(),
-        videos=len(videos),
-        frames=frames,
-        labelled=labelled,
-        seconds=seconds,
-        subsets=subsets,
-        examples=saved,
-    )
+        split=cfg.split, classes=classes, names=[index.classes[c] for c in classes],
+        metrics=metrics, vc=scores.vc.compute(), videos=videos, frames=frames,
+        labelled=labelled, seconds=seconds, subsets=subsets, by_kind=scores.by_kind(),
+        vc_windows=dict(scores.vc.counts), stream=stream, examples=examples,
+    )  # fmt: skip
 
 
 def _save_example(
     folder: Path, video: str, n: int, rgb: np.ndarray, pred: np.ndarray, gt: np.ndarray, colors: Any
 ) -> Path:
-    """frame | prediction | ground truth side by side (ignored pixels black)."""
+    """frame | prediction | ground truth side by side (ignored and unlabelled pixels black)."""
+    from PIL import Image
+
     folder.mkdir(parents=True, exist_ok=True)
     lut = np.zeros((256, 3), np.uint8)
     lut[: len(colors)] = np.asarray(colors, np.uint8)

@@ -9,7 +9,8 @@ ground truth). It is written under a temporary name and renamed when complete.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,9 @@ def report_dict(
         "pAcc": m["pAcc"],
         "per_class": per_class,
         "vc": {f"VC{n}": v for n, v in result.vc.items()},
+        "vc_windows": {f"VC{n}": c for n, c in result.vc_windows.items()},
+        "by_frame_kind": result.by_kind,  # keyframes and propagated frames scored apart
+        "stream": result.stream,
         "class_split": {"seen": list(index.seen), "unseen": list(index.unseen)},
         "evaluated_classes": result.classes,
         "videos": result.videos,
@@ -99,6 +103,15 @@ def bar_chart(result: EvalResult, index: Any, path: Path) -> None:
     plt.close(fig)
 
 
+@dataclass
+class EvalRun:
+    """What a finished evaluation wrote and found."""
+
+    out_dir: Path
+    report: dict[str, Any]
+    result: EvalResult
+
+
 def run_eval(
     data: str | Path,
     cfg: EvalConfig,
@@ -106,16 +119,17 @@ def run_eval(
     *,
     out: str | Path | None = None,
     overwrite: bool = False,
+    inputs: Sequence[str | Path] = (),
     model: Any = None,
     on_start: Callable[[int], None] | None = None,
     on_frame: Callable[[], None] | None = None,
-) -> tuple[Path, dict[str, Any], EvalResult]:
-    """Evaluate and write the report folder; returns (folder, report, result)."""
+) -> EvalRun:
+    """Evaluate and write the report folder (``inputs``: more files the run reads)."""
     from ovseg_cli.datasets.index import load_index
 
     index = load_index(data)
     final = Path.cwd() / f"{index.root.name}_eval_{cfg.split}" if out is None else out
-    inputs = [index.root, index.source_root or None, cfg.classes_file]
+    inputs = [index.root, index.source_root or None, cfg.classes_file, *inputs]
     if seg.checkpoint:
         from ovseg_cli.model.checkpoint import checkpoint_paths
 
@@ -125,19 +139,17 @@ def run_eval(
     try:
         folder = OutputFolder(final, "eval", overwrite=overwrite, inputs=inputs)
         from ovseg_cli.evaluation.protocol import evaluate
-        from ovseg_cli.segment.training_free import load_model
+        from ovseg_cli.segment.protocol import load_model
 
         model = model or load_model(seg)
         if on_start is not None:
             videos = index.videos_in(cfg.data_split)[: cfg.limit_videos]
             on_start(sum(len(v.frames) for v in videos if v.labelled))
-        result = evaluate(
-            model, index, cfg, on_frame=on_frame, examples_dir=folder.path / "examples"
-        )
+        result = evaluate(model, index, cfg, seg, on_frame=on_frame, out_dir=folder.path)
         report = report_dict(result, index, model, cfg, seg)
         folder.write_json("report.json", report)
         bar_chart(result, index, folder.path / "per_class_iou.png")
-        return folder.commit(), report, result
+        return EvalRun(folder.commit(), report, result)
     except BaseException:
         if folder is not None:
             folder.discard()

@@ -18,6 +18,7 @@ from ovseg_cli.exports import coco, cvat, stats  # noqa: F401  (each registers i
 from ovseg_cli.exports.registry import (
     ExportContext,
     Exporter,
+    describe_exporters,
     exporter_names,
     get_exporter,
     parse_exports,
@@ -29,6 +30,7 @@ __all__ = [
     "ExportSet",
     "Exporter",
     "check_exports",
+    "describe_exporters",
     "exporter_names",
     "get_exporter",
     "parse_exports",

@@ -36,6 +36,7 @@ class CocoExporter(Exporter):
     """Streams COCO annotations into coco.json (a temporary file until complete)."""
 
     filename = "coco.json"
+    summary = "RLE masks, one annotation per class and frame"
 
     def __init__(self, ctx: ExportContext) -> None:
         super().__init__(ctx)

@@ -45,6 +45,7 @@ class CvatExporter(Exporter):
     """Streams one RGB mask per frame into a zip (a temporary file until complete)."""
 
     filename = "cvat.zip"
+    summary = "CVAT Segmentation mask 1.1"
 
     @classmethod
     def check(cls, names: Sequence[str], colors: Sequence[RGB]) -> None:

@@ -43,6 +43,7 @@ class Exporter(ABC):
 
     name: ClassVar[str] = ""
     filename: ClassVar[str] = ""  # the file it leaves in the output folder
+    summary: ClassVar[str] = ""  # what the file is, for --help
 
     def __init__(self, ctx: ExportContext) -> None:
         self.ctx = ctx
@@ -85,6 +86,11 @@ def register_exporter(name: str) -> Callable[[E], E]:
 def exporter_names() -> list[str]:
     """Names of the registered export formats."""
     return list(_EXPORTERS)
+
+
+def describe_exporters() -> str:
+    """The formats for --help: ``name (file, summary)``, comma-separated."""
+    return ", ".join(f"{n} ({e.filename}, {e.summary})" for n, e in _EXPORTERS.items())
 
 
 def get_exporter(name: str) -> type[Exporter]:

@@ -32,6 +32,7 @@ class StatsExporter(Exporter):
     """Appends CSV rows per frame and keeps per-class totals."""
 
     filename = "stats.csv"
+    summary = "pixels per class and frame"
 
     def __init__(self, ctx: ExportContext) -> None:
         super().__init__(ctx)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ovseg_cli.config import setting, validate
+from ovseg_cli.clip.methods import DENSE_METHOD_NAMES
+from ovseg_cli.config import TEMPLATES, setting, validate
 from ovseg_cli.errors import OvsegError
 
 
@@ -19,7 +20,7 @@ class ModelConfig:
     dense_method: str = setting(
         "clearclip",
         "Training-free last-block change for CLIP's dense features.",
-        choices=("clearclip", "naclip", "sclip", "maskclip", "vanilla"),
+        choices=DENSE_METHOD_NAMES,
     )
     backbone: str = setting(
         "clip",
@@ -46,9 +47,7 @@ class ModelConfig:
     guidance_dim: int = setting(
         32, "Channels of the visual guidance given to each class (Eq. 13-14)."
     )
-    templates: str = setting(
-        "vild", "Prompt-template ensemble.", choices=("vild", "imagenet", "single")
-    )
+    templates: str = setting("vild", "Prompt-template ensemble.", choices=TEMPLATES)
     size: int = setting(448, "Short side the model sees at inference (multiple of 32).")
 
     def __post_init__(self) -> None:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ovseg_cli.classes import UNLABELLED as IGNORE_INDEX  # the one 255: no class
 from ovseg_cli.clip.loading import ClipBundle
 from ovseg_cli.model.backbone import FrameEncoder, FrameFeatures
 from ovseg_cli.model.config import ModelConfig
@@ -24,7 +25,6 @@ from ovseg_cli.model.random_frame_enhancement import RandomFrameEnhancement
 from ovseg_cli.model.spatial_temporal_fusion import SpatialTemporalContextFusion
 from ovseg_cli.model.video_text_encoding import CostVolumeDecoder, TextVideoAttention
 
-IGNORE_INDEX = 255
 CLIP_PREFIX = "encoder.clip."  # frozen CLIP weights: referenced by checkpoints, never stored
 
 

@@ -21,11 +21,13 @@ import torch
 from ovseg_cli.classes import ClassSpec
 from ovseg_cli.clip.dense import model_input_size, resize_rgb
 from ovseg_cli.clip.loading import ClipBundle
-from ovseg_cli.clip.prompts import Vocabulary, encode_vocabulary, templates_named
+from ovseg_cli.clip.prompts import Vocabulary, encode_vocabulary
+from ovseg_cli.clip.templates import templates_named
 from ovseg_cli.config import to_dict
 from ovseg_cli.devices import autocast
 from ovseg_cli.model.backbone import FrameFeatures
 from ovseg_cli.model.ov2vss import OV2VSS
+from ovseg_cli.segment.protocol import StepsInBatches
 
 
 @dataclass
@@ -68,7 +70,7 @@ class StreamState:
         return sum(f.nbytes for f in held.values())
 
 
-class OV2VSSSegmenter:
+class OV2VSSSegmenter(StepsInBatches):
     """The trained model behind the same interface as the training-free segmenter."""
 
     kind = "ov2vss"
@@ -128,14 +130,6 @@ class OV2VSSSegmenter:
     def init_state(self) -> StreamState:
         """An empty stream state."""
         return StreamState(capacity=max(self.cfg.gaps) + 1)
-
-    @torch.no_grad()
-    def step(
-        self, image: torch.Tensor, state: StreamState, vocabulary: Vocabulary
-    ) -> tuple[torch.Tensor, StreamState]:
-        """Class logits (N, H/8, W/8) of one prepared frame and the updated state."""
-        logits, state = self.step_batch(image, state, vocabulary)
-        return logits[0], state
 
     @torch.no_grad()
     def step_batch(

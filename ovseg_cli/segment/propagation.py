@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ovseg_cli.config import AUTO, SegmentConfig, default_of
+
 FLOW_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
@@ -46,25 +48,32 @@ ERROR_BLUR = 2.0  # px at the working resolution: single noisy pixels should not
 class KeyframeSettings:
     """Which frames run the model, and how the others get their result."""
 
-    interval: int | None = 1  # a keyframe every `interval` frames; None: auto
-    max_interval: int = 8  # auto: the most frames from one keyframe to the next
-    max_error: float = 0.1  # auto: mispredicted share of a warped keyframe that starts a new one
-    bidirectional: bool = False  # blend the previous and the next keyframe
-    flow_preset: str = "fast"  # DIS preset
-    flow_size: int | None = 240  # short side of the flow's working resolution (None: full)
+    # defaults are SegmentConfig's (the one place they are written)
+    interval: int | str = default_of(SegmentConfig, "keyframe_interval")  # every Nth, or AUTO
+    max_interval: int = default_of(SegmentConfig, "max_interval")  # auto: longest gap
+    max_error: float = default_of(SegmentConfig, "keyframe_error")  # auto: warp error to stop
+    bidirectional: bool = default_of(SegmentConfig, "bidirectional")  # blend both keyframes
+    flow_preset: str = default_of(SegmentConfig, "flow_preset")  # DIS preset
+    flow_size: int | None = default_of(SegmentConfig, "flow_size")  # flow's short side
 
     @classmethod
-    def from_config(cls, cfg: Any) -> KeyframeSettings:
+    def from_config(cls, cfg: SegmentConfig) -> KeyframeSettings:
         """The settings of a ``SegmentConfig``."""
-        auto = str(cfg.keyframe_interval) == "auto"
         return cls(
-            interval=None if auto else int(cfg.keyframe_interval),
-            max_interval=cfg.max_interval,
-            max_error=cfg.keyframe_error,
-            bidirectional=cfg.bidirectional,
-            flow_preset=cfg.flow_preset,
-            flow_size=cfg.flow_size,
-        )
+            interval=cfg.keyframe_interval, max_interval=cfg.max_interval,
+            max_error=cfg.keyframe_error, bidirectional=cfg.bidirectional,
+            flow_preset=cfg.flow_preset, flow_size=cfg.flow_size,
+        )  # fmt: skip
+
+    @property
+    def auto(self) -> bool:
+        """Keyframes chosen by how well the warped keyframe still matches the frame."""
+        return self.interval == AUTO
+
+    @property
+    def longest_gap(self) -> int:
+        """The most frames from one keyframe to the next."""
+        return self.max_interval if self.auto else int(self.interval)
 
     @property
     def propagating(self) -> bool:
@@ -73,8 +82,8 @@ class KeyframeSettings:
 
     def is_keyframe(self, since_key: int, flow: Flow | None = None) -> bool:
         """Whether the frame ``since_key`` frames after the last keyframe starts a new one."""
-        if self.interval is not None:
-            return since_key >= self.interval
+        if not self.auto:
+            return since_key >= int(self.interval)
         return since_key >= self.max_interval or (
             flow is not None and flow.bad_share > self.max_error
         )
@@ -82,9 +91,9 @@ class KeyframeSettings:
     def describe(self) -> dict[str, Any]:
         """The settings for meta.json."""
         return {
-            "keyframe_interval": "auto" if self.interval is None else self.interval,
-            "max_interval": self.max_interval if self.interval is None else None,
-            "keyframe_error": self.max_error if self.interval is None else None,
+            "keyframe_interval": self.interval,
+            "max_interval": self.max_interval if self.auto else None,
+            "keyframe_error": self.max_error if self.auto else None,
             "bidirectional": self.bidirectional,
             "flow": {"method": "DIS (OpenCV)", "preset": self.flow_preset, "size": self.flow_size},
             "scores": "keyframe logits warped at the model's resolution; two keyframes are "

@@ -115,9 +115,8 @@ def run_segment(
     reader = VideoReader(video, start=config.start, end=config.end)
     info = reader.info
 
-    from ovseg_cli.segment.propagation import KeyframeSettings
-    from ovseg_cli.segment.stream import SegmentationStream
-    from ovseg_cli.segment.training_free import load_model
+    from ovseg_cli.segment.protocol import load_model
+    from ovseg_cli.segment.stream import SegmentationStream, StreamSettings
     from ovseg_cli.threads import BackgroundWorker
     from ovseg_cli.video.rendering import (
         OverlayRenderer,
@@ -138,11 +137,7 @@ def run_segment(
         vocabulary = model.encode_vocabulary(classes)
         load_seconds = time.perf_counter() - t0
         names, colors = vocabulary.names, vocabulary.colors
-        stream = SegmentationStream(
-            reader, vocabulary, model, threshold=config.threshold,
-            keyframes=KeyframeSettings.from_config(config), batch=config.batch,
-            shot_threshold=config.shot_threshold,
-        )  # fmt: skip
+        stream = SegmentationStream(reader, vocabulary, model, StreamSettings.from_config(config))
         if config.overlay:
             writer = VideoWriter(
                 folder.path / "overlay.mp4",

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
-DEFAULT_THRESHOLD = 30.0
+from ovseg_cli.config import SegmentConfig, default_of
+
+DEFAULT_THRESHOLD: float = default_of(SegmentConfig, "shot_threshold")
 THUMBNAIL = (64, 36)  # (w, h): the whole picture's layout and colours, ~0.3 ms from 720p
 
 

@@ -1,11 +1,15 @@
-"""``segment_video``: stream a video through a segmenter, one result per frame.
+"""The stream: any segmenter over a sequence of frames, one result per frame, in order.
 
     from ovseg_cli import segment_video
     for r in segment_video("clip.mp4", "road,sky,horse", pretrained="openai"):
         print(r.index, r.time, r.mask.shape)
 
-Frames are decoded and resized in a background thread while the model runs; nothing
-but a few frames in flight and the bounded temporal state is held in memory.
+``SegmentationStream`` is the one loop that `segment` and `eval` (and the Python API) run:
+frames come from a video file (``VideoReader``) or from a prepared dataset's images
+(``ImageSequence``), and the same settings (``StreamSettings``) choose keyframes, batch
+them, detect shot cuts and threshold the masks. Frames are decoded and resized in a
+background thread while the model runs; nothing but a few frames in flight and the
+bounded temporal state is held in memory.
 
 With a keyframe interval above 1 (or ``auto``) only keyframes run the model and update its
 state. The reader thread picks the keyframes and computes every other frame's optical
@@ -17,23 +21,23 @@ most one interval of frames (times ``batch`` keyframes) is in memory.
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from ovseg_cli.classes import UNLABELLED, ClassSpec, resolve_classes, with_background
+from ovseg_cli.classes import ClassSpec, resolve_classes, with_background
 from ovseg_cli.clip.prompts import Vocabulary
-from ovseg_cli.config import SegmentConfig, from_mapping, to_dict
+from ovseg_cli.config import SegmentConfig, default_of, from_mapping, to_dict
+from ovseg_cli.segment.masks import logits_to_mask
 from ovseg_cli.segment.propagation import Flow, FlowEstimator, KeyframeSettings, propagate_scores
-from ovseg_cli.segment.shots import DEFAULT_THRESHOLD, ShotDetector
-from ovseg_cli.segment.training_free import SegmentState, TrainingFreeSegmenter, load_model
+from ovseg_cli.segment.protocol import Segmenter, load_model
+from ovseg_cli.segment.shots import ShotDetector
 from ovseg_cli.threads import Prefetcher
 from ovseg_cli.video.reader import DecodedFrame, VideoInfo, VideoReader
 
@@ -76,85 +80,38 @@ def default_batch(device: torch.device) -> int:
     return 8 if device.type == "cuda" else 1
 
 
-@functools.lru_cache(maxsize=8)
-def _interp_matrix(n_in: int, n_out: int, device: str) -> torch.Tensor:
-    """(n_out, n_in) weights of 1-D linear interpolation, as F.interpolate(align_corners=False)."""
-    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
-    i0 = src.floor().long().clamp(max=n_in - 1)
-    i1 = (i0 + 1).clamp(max=n_in - 1)
-    lam = (src - i0).float()
-    m = torch.zeros(n_out, n_in)
-    rows = torch.arange(n_out)
-    m.index_put_((rows, i0), 1 - lam, accumulate=True)
-    m.index_put_((rows, i1), lam, accumulate=True)
-    return m.to(device)
+@dataclass(frozen=True)
+class StreamSettings:
+    """How the stream runs a segmenter over frames: the same for `segment` and `eval`."""
+
+    keyframes: KeyframeSettings = field(default_factory=KeyframeSettings)
+    batch: int | None = None  # keyframes per encoder pass (None: default_batch)
+    shot_threshold: float = default_of(SegmentConfig, "shot_threshold")  # 0: no cut detection
+    threshold: float | None = None  # best-class probability below which a pixel is unlabelled
+    size: int | None = None  # short side the model sees (None: the segmenter's own)
+
+    @classmethod
+    def from_config(cls, cfg: SegmentConfig, size: int | None = None) -> StreamSettings:
+        """The stream settings of a ``SegmentConfig`` (``size``: a short side of its own)."""
+        return cls(
+            keyframes=KeyframeSettings.from_config(cfg), batch=cfg.batch,
+            shot_threshold=cfg.shot_threshold, threshold=cfg.threshold, size=size,
+        )  # fmt: skip
 
 
-def logits_to_mask(
-    logits: torch.Tensor, size: tuple[int, int], threshold: float | None = None
-) -> np.ndarray:
-    """Upsample (N, gh, gw) logits bilinearly to (H, W) and take the best class per pixel.
+class FrameSource(Protocol):
+    """Where frames come from: a video file (VideoReader) or a dataset's images."""
 
-    The best class is kept with a running maximum, one class map at a time, so all N
-    full-size maps are never held. On a CPU each map is upsampled by OpenCV (~2.5x faster
-    than the matrix products below, ~30x faster than F.interpolate + argmax(dim=0)); on a
-    GPU, bilinear upsampling being separable, each map is two small matrix products on the
-    device and only the uint8 mask comes back. Both match F.interpolate(align_corners=False).
+    info: VideoInfo
+    skipped: int
 
-    With a ``threshold``, pixels whose best class probability (softmax over the classes)
-    is below it become 255 (unlabelled). The probability is computed at the model's
-    resolution and its maximum upsampled bilinearly like the logits: one more small map,
-    not N full-size softmaxes; near class borders it can differ slightly from the
-    per-pixel softmax of the upsampled logits.
-    """
-    logits = logits.detach().float()
-    confidence = torch.softmax(logits, dim=0).amax(dim=0) if threshold is not None else None
-    if logits.device.type == "cpu":
-        return _mask_on_cpu(logits.numpy(), size, threshold, confidence)
-    return _mask_on_device(logits, size, threshold, confidence)
+    def __iter__(self) -> Iterator[DecodedFrame]:
+        """The frames in order."""
+        ...
 
-
-def _mask_on_device(
-    logits: torch.Tensor,
-    size: tuple[int, int],
-    threshold: float | None,
-    confidence: torch.Tensor | None,
-) -> np.ndarray:
-    dev = str(logits.device)
-    wy = _interp_matrix(logits.shape[1], size[0], dev)
-    wx_t = _interp_matrix(logits.shape[2], size[1], dev).T.contiguous()
-    best = wy @ logits[0] @ wx_t
-    label = torch.zeros(size, dtype=torch.uint8, device=logits.device)
-    for c in range(1, logits.shape[0]):
-        score = wy @ logits[c] @ wx_t
-        label.masked_fill_(score > best, c)  # strict: ties keep the lower index, like argmax
-        torch.maximum(best, score, out=best)
-    if confidence is not None:
-        label.masked_fill_(wy @ confidence @ wx_t < threshold, UNLABELLED)
-    return label.cpu().numpy()
-
-
-def _mask_on_cpu(
-    logits: np.ndarray,
-    size: tuple[int, int],
-    threshold: float | None,
-    confidence: torch.Tensor | None,
-) -> np.ndarray:
-    import cv2
-
-    def up(scores: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        return cv2.resize(scores, (size[1], size[0]), dst=out, interpolation=cv2.INTER_LINEAR)
-
-    best = up(logits[0])
-    score = np.empty_like(best)
-    label = np.zeros(size, np.uint8)
-    for c in range(1, logits.shape[0]):
-        up(logits[c], score)
-        np.copyto(label, c, where=score > best)  # strict: ties keep the lower index
-        np.maximum(best, score, out=best)
-    if confidence is not None:
-        np.copyto(label, UNLABELLED, where=up(confidence.numpy()) < threshold)
-    return label
+    def close(self) -> None:
+        """Release the files."""
+        ...
 
 
 class SegmentationStream:
@@ -162,35 +119,28 @@ class SegmentationStream:
 
     def __init__(
         self,
-        video: str | Path | VideoReader,
+        source: FrameSource,
         vocabulary: Vocabulary,
-        model: TrainingFreeSegmenter,
-        *,
-        start: float = 0.0,
-        end: float | None = None,
-        threshold: float | None = None,
-        keyframes: KeyframeSettings | None = None,
-        batch: int | None = None,
-        shot_threshold: float = DEFAULT_THRESHOLD,
+        model: Segmenter,
+        settings: StreamSettings | None = None,
     ) -> None:
         self.model = model
         self.vocabulary = vocabulary
-        self.threshold = threshold  # best-class probability below which a pixel is unlabelled
-        self.settings = keyframes or KeyframeSettings()
-        self.batch = batch or default_batch(torch.device(getattr(model, "device", "cpu")))
-        if isinstance(video, VideoReader):
-            self.reader = video  # already opened (and checked) by the caller
-        else:
-            self.reader = VideoReader(video, start=start, end=end)
-        self.info: VideoInfo = self.reader.info
+        self.stream_settings = settings = settings or StreamSettings()
+        self.settings = settings.keyframes
+        self.threshold = settings.threshold
+        self.size = settings.size
+        self.shot_threshold = settings.shot_threshold
+        self.batch = settings.batch or default_batch(model.device)
+        self.reader = source  # opened (and checked) by the caller; closed with the stream
+        self.info: VideoInfo = source.info
         try:
             self._check_memory()
         except BaseException:
-            self.reader.close()
+            source.close()
             raise
-        self.state: SegmentState = model.init_state()
+        self.state = model.init_state()
         self.keyframes = 0  # frames that went through the model so far
-        self.shot_threshold = shot_threshold  # 0: no cut detection
         self.cuts: list[int] = []  # indices of the frames that started a new shot
         self.peak_held = 0  # most frames held at once between reading and returning them
         self.flow_resolution: tuple[int, int] | None = None  # (w, h) the flow is computed at
@@ -204,9 +154,9 @@ class SegmentationStream:
         from ovseg_cli.memory import available_device_bytes, available_host_bytes, check_fits
 
         h, w = self.info.height, self.info.width
-        step = self.model.memory_estimate(h, w, self.batch, len(self.vocabulary.names))
+        step = self.model.memory_estimate(h, w, self.batch, len(self.vocabulary.names), self.size)
         s = self.settings
-        gap = (s.interval or s.max_interval) if s.propagating else 1
+        gap = s.longest_gap if s.propagating else 1
         side = min(s.flow_size or h, h, w)
         flow = side * side * 16 // 9 * 8 if s.propagating else 0  # (h, w, 2) float32
         held = (gap * self.batch + max(4, self.batch) + 4) * (h * w * 3 + flow)
@@ -227,7 +177,7 @@ class SegmentationStream:
         if not settings.propagating:
             for frame in self.reader:
                 cut = shots is not None and shots(frame.rgb)
-                yield _Planned(frame, True, self.model.prepare(frame.rgb), cut=cut)
+                yield _Planned(frame, True, self.model.prepare(frame.rgb, self.size), cut=cut)
             return
         flows = FlowEstimator(settings.flow_preset, settings.flow_size)
         key_grey: np.ndarray | None = None
@@ -239,10 +189,10 @@ class SegmentationStream:
             since += 1
             cut = shots is not None and shots(frame.rgb)
             flow = None
-            if key_grey is not None and not cut and settings.interval is None:  # auto: the warp
+            if key_grey is not None and not cut and settings.auto:  # auto: the warp
                 flow = flows(grey, key_grey)
             if key_grey is None or cut or settings.is_keyframe(since, flow):
-                item = _Planned(frame, True, self.model.prepare(frame.rgb), cut=cut)
+                item = _Planned(frame, True, self.model.prepare(frame.rgb, self.size), cut=cut)
                 if settings.bidirectional:
                     # across a cut the other shot's scores are no use: forward only
                     item.back_flows = {} if cut else {i: flows(g, grey) for i, g in waiting.items()}
@@ -324,14 +274,8 @@ class SegmentationStream:
         if todo[0].cut:
             self.state.reset()
             self.cuts.append(todo[0].frame.index)
-        if len(todo) > 1 and hasattr(self.model, "step_batch"):
-            images = torch.cat([item.image for item in todo])
-            outputs, self.state = self.model.step_batch(images, self.state, self.vocabulary)
-        else:
-            outputs = []
-            for item in todo:
-                logits, self.state = self.model.step(item.image, self.state, self.vocabulary)
-                outputs.append(logits)
+        images = torch.cat([item.image for item in todo])
+        outputs, self.state = self.model.step_batch(images, self.state, self.vocabulary)
         for item, logits in zip(todo, outputs, strict=True):
             item.logits, item.image = logits.float(), None
         self.keyframes += len(todo)
@@ -395,7 +339,7 @@ def segment_video(
     classes: str | Sequence[str | ClassSpec] | None = None,
     *,
     classes_file: str | Path | None = None,
-    model: TrainingFreeSegmenter | None = None,
+    model: Segmenter | None = None,
     config: SegmentConfig | None = None,
     **overrides: Any,
 ) -> SegmentationStream:
@@ -415,8 +359,4 @@ def segment_video(
     except BaseException:
         reader.close()
         raise
-    return SegmentationStream(
-        reader, vocabulary, model, threshold=cfg.threshold,
-        keyframes=KeyframeSettings.from_config(cfg), batch=cfg.batch,
-        shot_threshold=cfg.shot_threshold,
-    )  # fmt: skip
+    return SegmentationStream(reader, vocabulary, model, StreamSettings.from_config(cfg))

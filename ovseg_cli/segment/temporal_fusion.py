@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ovseg_cli.config import SegmentConfig, default_of
+
 
 @dataclass
 class TemporalState:
@@ -69,11 +71,20 @@ def locality_prior(grid: tuple[int, int], sigma: float, device: torch.device) ->
 class TemporalFusion:
     """Fuses a frame's dense embeddings with a bounded history of fused embeddings."""
 
-    strength: float = 0.5  # lambda: weight of the history in the fused features
-    history: int = 2  # fused frames kept
-    radius: float = 3.0  # sigma of the locality prior, in patches
+    # defaults are SegmentConfig's (the one place they are written)
+    strength: float = default_of(SegmentConfig, "temporal_strength")  # lambda: history's weight
+    history: int = default_of(SegmentConfig, "temporal_history")  # fused frames kept
+    radius: float = default_of(SegmentConfig, "temporal_radius")  # locality prior, in patches
     temperature: float = 0.07  # softmax temperature on cosine similarities (CLIP's own)
-    scene_cut: float = 0.5  # mean best-match similarity below which the history is dropped
+    scene_cut: float = default_of(SegmentConfig, "scene_cut")  # reset below this similarity
+
+    @classmethod
+    def from_config(cls, cfg: SegmentConfig) -> TemporalFusion:
+        """The fusion a ``SegmentConfig`` asks for."""
+        return cls(
+            strength=cfg.temporal_strength, history=cfg.temporal_history,
+            radius=cfg.temporal_radius, scene_cut=cfg.scene_cut,
+        )  # fmt: skip
 
     def init_state(self) -> TemporalState:
         """An empty history."""

@@ -16,10 +16,11 @@ import torch
 
 from ovseg_cli.classes import ClassSpec
 from ovseg_cli.clip.dense import DenseClipEncoder, model_input_size, to_model_input
-from ovseg_cli.clip.loading import ClipBundle, load_clip
-from ovseg_cli.clip.prompts import Vocabulary, encode_vocabulary, templates_named
-from ovseg_cli.config import SegmentConfig
-from ovseg_cli.devices import autocast, resolve_device, resolve_precision
+from ovseg_cli.clip.loading import ClipBundle
+from ovseg_cli.clip.prompts import Vocabulary, encode_vocabulary
+from ovseg_cli.clip.templates import templates_named
+from ovseg_cli.devices import autocast
+from ovseg_cli.segment.protocol import StepsInBatches
 from ovseg_cli.segment.temporal_fusion import TemporalFusion, TemporalState
 
 
@@ -42,7 +43,7 @@ class SegmentState:
         return self.temporal.nbytes if self.temporal is not None else 0
 
 
-class TrainingFreeSegmenter:
+class TrainingFreeSegmenter(StepsInBatches):
     """Open-vocabulary segmentation from a frozen CLIP with no trained weights of its own."""
 
     kind = "training-free"
@@ -113,14 +114,6 @@ class TrainingFreeSegmenter:
         return SegmentState(temporal=self.fusion.init_state() if self.fusion else None)
 
     @torch.no_grad()
-    def step(
-        self, image: torch.Tensor, state: SegmentState, vocabulary: Vocabulary
-    ) -> tuple[torch.Tensor, SegmentState]:
-        """Class logits (N, gh, gw) of one prepared frame (1, 3, h, w), and the updated state."""
-        logits, state = self.step_batch(image, state, vocabulary)
-        return logits[0], state
-
-    @torch.no_grad()
     def step_batch(
         self, images: torch.Tensor, state: SegmentState, vocabulary: Vocabulary
     ) -> tuple[list[torch.Tensor], SegmentState]:
@@ -159,63 +152,3 @@ class TrainingFreeSegmenter:
             "device": str(self.device),
             "precision": self.precision,
         }
-
-
-DEFAULT_CLIP = "ViT-B-16"  # the paper's text encoder
-DEFAULT_PRETRAINED = "openai"
-
-
-def load_model(config: SegmentConfig | None = None, **overrides: Any) -> Any:
-    """Load CLIP and build the segmenter from a config: the trained OV2VSS model when
-    ``checkpoint`` is set, else the training-free one (defaults: ViT-B-16, OpenAI weights)."""
-    from ovseg_cli.config import from_mapping, to_dict
-
-    cfg = config or SegmentConfig()
-    if overrides:
-        cfg = from_mapping(SegmentConfig, {**to_dict(cfg), **overrides}, source="load_model")
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
-    if cfg.checkpoint:
-        return _load_trained(cfg, device, precision)
-    clip = load_clip(
-        cfg.clip or DEFAULT_CLIP, cfg.pretrained or DEFAULT_PRETRAINED, device=str(device)
-    )
-    fusion = None
-    if cfg.temporal and cfg.temporal_strength > 0:
-        fusion = TemporalFusion(
-            strength=cfg.temporal_strength,
-            history=cfg.temporal_history,
-            radius=cfg.temporal_radius,
-            scene_cut=cfg.scene_cut,
-        )
-    return TrainingFreeSegmenter(
-        clip,
-        dense_method=cfg.dense_method,
-        size=cfg.size,
-        window=cfg.window,
-        fusion=fusion,
-        templates=cfg.templates,
-        device=device,
-        precision=precision,
-    )
-
-
-def _load_trained(cfg: SegmentConfig, device: torch.device, precision: str) -> Any:
-    from ovseg_cli.errors import OvsegError
-    from ovseg_cli.model.checkpoint import load_checkpoint
-    from ovseg_cli.model.streaming import OV2VSSSegmenter
-
-    model, clip, meta = load_checkpoint(
-        cfg.checkpoint, clip_arch=cfg.clip, pretrained=cfg.pretrained, device=str(device)
-    )
-    if cfg.size is not None and cfg.size % model.cfg.multiple:
-        raise OvsegError(f"--size must be a multiple of {model.cfg.multiple} for this checkpoint")
-    return OV2VSSSegmenter(
-        model,
-        clip,
-        size=cfg.size,
-        device=device,
-        precision=precision,
-        checkpoint=str(cfg.checkpoint),
-        meta=meta,
-    )

@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ovseg_cli.config import from_mapping, load_yaml, setting, to_dict, validate
+from ovseg_cli.config import (
+    CLASS_SPLITS,
+    PRECISIONS,
+    from_mapping,
+    load_yaml,
+    setting,
+    to_dict,
+    validate,
+)
 from ovseg_cli.errors import OvsegError, did_you_mean
 from ovseg_cli.model.config import ModelConfig
 
@@ -55,7 +63,7 @@ class OptimConfig:
     clip_grad: float = setting(1.0, "Gradient norm clipping (0 disables).")
     precision: str = setting(
         "auto", "auto (bf16 on GPUs that have it, fp16 with a scaler otherwise, fp32 on CPU).",
-        choices=("auto", "fp32", "fp16", "bf16"),
+        choices=PRECISIONS,
     )  # fmt: skip
 
 
@@ -75,9 +83,7 @@ class RunConfig:
     log_every: int = setting(10, "Steps between metrics.jsonl lines.")
     ckpt_every: int = setting(500, "Steps between last.safetensors checkpoints.")
     val_every: int = setting(2000, "Steps between validations (0: never).")
-    val_split: str = setting(
-        "seen", "Classes of the validation mIoU.", choices=("seen", "unseen", "all")
-    )
+    val_split: str = setting("seen", "Classes of the validation mIoU.", choices=CLASS_SPLITS)
     val_videos: int | None = setting(None, "Validate on the first N val videos only.")
     max_steps: int | None = setting(None, "Stop after this many steps (default: optim.steps).")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N (torchrun sets the rank's GPU).")

@@ -1,0 +1,81 @@
+"""The one progress bar and the one closing summary every command prints (on stderr)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ovseg_cli.cli.common import console
+
+
+class Progress:
+    """A rich progress bar: done / total units, the rate, and a note (e.g. a loss)."""
+
+    def __init__(
+        self, label: str, unit: str = "frames", enabled: bool = True, estimated: bool = True
+    ) -> None:
+        self.label, self.unit, self.enabled = label, unit, enabled
+        self.estimated = estimated  # the total is a guess (a container's frame count)
+        self.bar: Any = None
+        self.task: Any = None
+        self.t0 = 0.0
+        self.done = 0
+        self.first = 0  # units already done when the bar started (a resumed run)
+
+    def start(self, total: int | None, done: int = 0) -> None:
+        """Show the bar (total None: unknown), from ``done`` units."""
+        if not self.enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import (
+            Progress as Bar,
+        )
+
+        self.bar = Bar(
+            TextColumn(f"[bold]{self.label}[/]"), BarColumn(), MofNCompleteColumn(),
+            TextColumn(f"{self.unit} {{task.fields[note]}}"), TimeElapsedColumn(),
+            TimeRemainingColumn(), console=console(), transient=False,
+        )  # fmt: skip
+        self.bar.start()
+        self.task = self.bar.add_task(self.label, total=total, completed=done, note="")
+        self.t0, self.done, self.first = time.perf_counter(), done, done
+
+    def advance(self, n: int = 1, note: str = "") -> None:
+        """Count ``n`` more units; ``note`` is shown after the rate."""
+        self.update(self.done + n, note)
+
+    def update(self, done: int, note: str = "") -> None:
+        """Set the units done so far."""
+        self.done = done
+        if self.task is None:
+            return
+        rate = (done - self.first) / max(time.perf_counter() - self.t0, 1e-9)
+        text = f"{rate:.2f}/s" + (f", {note}" if note else "")
+        self.bar.update(self.task, completed=done, note=text)
+
+    def note(self, text: str) -> None:
+        """Say what is happening now (e.g. an export before the first frame)."""
+        if self.task is not None:
+            self.bar.update(self.task, note=text)
+
+    def stop(self) -> None:
+        """End the bar at 100% of what was done (estimates can be off)."""
+        if self.task is None:
+            return  # never started: stopping would print an empty line
+        total = self.bar.tasks[0].total
+        if total is not None and self.done != total and self.estimated:
+            self.bar.update(self.task, total=self.done)
+        self.bar.stop()
+        self.task = None
+
+
+def done(message: str, quiet: bool = False) -> None:
+    """The closing line of a command: ``done: ...`` on stderr."""
+    if not quiet:
+        console().print(f"[green]done:[/] {message}", soft_wrap=True)
