@@ -19,6 +19,19 @@ from ovseg_cli.errors import OvsegError, did_you_mean
 
 T = TypeVar("T")
 
+# the names of ovseg_cli.dense_methods.DENSE_METHODS (kept here: config must not import torch)
+DENSE_METHOD_NAMES = (
+    "clearclip", "naclip", "sclip", "scclip", "maskclip-original", "value", "vanilla",
+)  # fmt: skip
+# setting values that changed meaning: refused with the new names, never silently rerouted
+RENAMED_CHOICES = {
+    ("dense_method", "maskclip"): (
+        "dense_method 'maskclip' was split: 'value' is what ovseg ran under that name "
+        "(ClearCLIP's MaskCLIP mode: out_proj(v), no residual, no FFN), 'maskclip-original' "
+        "is MaskCLIP as its authors' code runs it"
+    ),
+}
+
 
 def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
     """Declare a config field with its default, one-line help and optional choices."""
@@ -63,7 +76,7 @@ class SegmentConfig:
         "clearclip",
         "Training-free change to CLIP's last block that makes its patch features dense "
         "(a checkpoint uses its own).",
-        choices=("clearclip", "naclip", "sclip", "maskclip", "vanilla"),
+        choices=DENSE_METHOD_NAMES,
     )
     size: int | None = setting(
         None,
@@ -180,6 +193,8 @@ def validate(cfg: Any) -> None:
     for f in dataclasses.fields(cfg):
         choices = f.metadata.get("choices")
         value = getattr(cfg, f.name)
+        if (f.name, value) in RENAMED_CHOICES:
+            raise OvsegError(RENAMED_CHOICES[f.name, value])
         if choices and value not in choices:
             raise OvsegError(
                 f"{f.name} must be one of {', '.join(choices)}, not {value!r}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ovseg_cli.config import setting, validate
+from ovseg_cli.config import DENSE_METHOD_NAMES, setting, validate
 from ovseg_cli.errors import OvsegError
 
 
@@ -19,7 +19,7 @@ class ModelConfig:
     dense_method: str = setting(
         "clearclip",
         "Training-free last-block change for CLIP's dense features.",
-        choices=("clearclip", "naclip", "sclip", "maskclip", "vanilla"),
+        choices=DENSE_METHOD_NAMES,
     )
     backbone: str = setting(
         "clip",
@@ -52,6 +52,9 @@ class ModelConfig:
     size: int = setting(448, "Short side the model sees at inference (multiple of 32).")
 
     def __post_init__(self) -> None:
+        if self.dense_method == "maskclip":
+            # checkpoints trained before the rename: their features are the value-only ones
+            self.dense_method = "value"
         validate(self)
         self.strides = tuple(int(s) for s in self.strides)
         self.pool_sizes = tuple(int(s) for s in self.pool_sizes)
