@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from ovseg_cli.clip_weights import QUICK_GELU_SUFFIX, activation_of, weights_quick_gelu
 from ovseg_cli.errors import OvsegError, did_you_mean
 
 log = logging.getLogger("ovseg")
@@ -55,6 +56,11 @@ class ClipBundle:
     weights: str  # the file that was loaded, or "random"
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+
+    @property
+    def activation(self) -> str:
+        """The image encoder's MLP activation: 'quick_gelu' or 'gelu' (for meta.json)."""
+        return activation_of(self.model)
 
     @property
     def random_init(self) -> bool:
@@ -246,13 +252,13 @@ def _create(name: str, **kwargs: Any) -> Any:
         return open_clip.create_model(name, device="cpu", **kwargs)
 
 
-def _create_random(arch: str, seed: int = 0) -> Any:
+def _create_random(arch: str, seed: int = 0, **kwargs: Any) -> Any:
     """Random weights from a fixed seed: a model trained on them can be rebuilt exactly."""
     import torch
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _create(arch)
+        return _create(arch, **kwargs)
 
 
 def _load_file(arch: str, path: Path, **kwargs: Any) -> Any:
@@ -284,7 +290,8 @@ def load_clip(
         weights = name
     else:
         model, weights, source = _load_arch(arch, pretrained, cache_dir)
-        name = source
+        # "NAME-quickgelu" built from NAME keeps its name, so it is rebuilt the same way
+        name = arch if source == arch.removesuffix(QUICK_GELU_SUFFIX) else source
     _check_dense_model(model, name)
     model = model.to(device).eval().requires_grad_(False)
     pre = getattr(model.visual, "preprocess_cfg", {}) or {}
@@ -312,6 +319,10 @@ def _load_arch(arch: str, pretrained: str, cache_dir: str | None) -> tuple[Any, 
     import open_clip
 
     known = open_clip.list_models()
+    base = arch.removesuffix(QUICK_GELU_SUFFIX)
+    if arch not in known and base != arch and base in known:
+        # the explicit QuickGELU choice, for architectures without a -quickgelu config
+        return _load_arch_quick_gelu(base, pretrained, cache_dir, arch)
     if arch not in known:
         raise OvsegError(
             f"unknown CLIP architecture {arch!r}"
@@ -346,7 +357,7 @@ def _load_arch(arch: str, pretrained: str, cache_dir: str | None) -> tuple[Any, 
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise OvsegError(f"could not load CLIP from {path}: {first[:200]}") from None
     if path.is_file():
-        return _load_file(arch, path), str(path), arch
+        return _load_bare_file(arch, arch_cfg, path), str(path), arch
     if os.sep in pretrained or path.suffix:
         raise OvsegError(f"--pretrained file not found: {path}")
     tags = list_tags(arch)
@@ -356,6 +367,27 @@ def _load_arch(arch: str, pretrained: str, cache_dir: str | None) -> tuple[Any, 
         + (f"; known tags: {', '.join(tags)}" if tags else "; it has no published weights")
         + ", or pass a local file"
     )
+
+
+def _load_arch_quick_gelu(
+    base: str, pretrained: str, cache_dir: str | None, name: str
+) -> tuple[Any, str, str]:
+    """``NAME-quickgelu`` where open_clip only knows NAME: NAME built with QuickGELU."""
+    path = Path(pretrained).expanduser()
+    if pretrained.lower() == RANDOM_WEIGHTS:
+        return _create_random(base, quick_gelu=True), "random", base
+    if path.is_file():
+        return _load_file(base, path, quick_gelu=True), str(path), base
+    raise OvsegError(
+        f"{name}: a -quickgelu name open_clip does not have takes a local file or 'none', "
+        f"not {pretrained!r}"
+    )
+
+
+def _load_bare_file(arch: str, arch_cfg: dict[str, Any], path: Path) -> Any:
+    """A local weights file, built with the activation its weights were trained with."""
+    quick = weights_quick_gelu(arch, bool(arch_cfg.get("quick_gelu")), path)
+    return _load_file(arch, path, **({} if quick is None else {"quick_gelu": quick}))
 
 
 def _cached_hub_snapshot(repo: str, cache_dir: str | None) -> Path | None:
