@@ -9,6 +9,8 @@ embeddings (``DenseClipEncoder.encode(window=...)``); the two give different map
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -43,17 +45,56 @@ def window_boxes(
     return boxes
 
 
-def window_logits(
-    encoder: DenseClipEncoder, crops: torch.Tensor, text: torch.Tensor
+def window_embeddings(
+    encoder: DenseClipEncoder,
+    images: torch.Tensor,
+    boxes: Sequence[tuple[int, int, int, int]],
+    windows_per_pass: int | None = None,
 ) -> torch.Tensor:
-    """Cosine logits (B, N, h, w) of crops with unit text embeddings (N, E), at pixel size.
+    """Dense embeddings (W, B, E, gh, gw) of each window of images (B, 3, H, W).
 
-    The references' ``forward_feature``: per-patch cosines, upsampled bilinearly
-    (align_corners=False) to the crop. No logit scale: callers multiply if they need one.
+    All windows have the same size, so they run as one batch, or ``windows_per_pass`` at a
+    time to bound memory. Window sides must be multiples of the patch size.
     """
-    emb = encoder(crops).embeddings  # (B, E, gh, gw), float32, unit length
-    logits = torch.einsum("ne,behw->bnhw", text.to(emb.device, emb.dtype), emb)
-    return F.interpolate(logits, size=crops.shape[-2:], mode="bilinear", align_corners=False)
+    b = images.shape[0]
+    step = windows_per_pass or len(boxes)
+    parts = []
+    for i in range(0, len(boxes), step):
+        crops = [images[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes[i : i + step]]
+        parts.append(encoder(torch.cat(crops)).embeddings)
+    emb = torch.cat(parts)
+    return emb.view(len(boxes), b, *emb.shape[1:])
+
+
+def merge_window_logits(
+    embeddings: torch.Tensor,
+    text: torch.Tensor,
+    boxes: Sequence[tuple[int, int, int, int]],
+    size: tuple[int, int],
+) -> torch.Tensor:
+    """Pixel logits (B, N, H, W) from window embeddings (W, B, E, gh, gw) and unit text (N, E).
+
+    Each window's per-patch cosines (the references' ``forward_feature``) are upsampled
+    bilinearly (align_corners=False) to the window, padded into the image canvas and added;
+    the sum is divided by the number of windows covering each pixel. No logit scale:
+    callers multiply if they need one (the average is linear, so before or after is alike).
+    """
+    h, w = size
+    text = text.to(embeddings.device, embeddings.dtype)
+    preds = None
+    for emb, (y1, y2, x1, x2) in zip(embeddings, boxes, strict=True):
+        logits = torch.einsum("ne,behw->bnhw", text, emb)
+        logits = F.interpolate(
+            logits, size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False
+        )
+        # padded and added as the references do: the same sums as adding into a slice
+        part = F.pad(logits, (x1, w - x2, y1, h - y2))
+        preds = part if preds is None else preds + part
+    count = torch.zeros(1, 1, h, w, dtype=torch.float32)
+    for y1, y2, x1, x2 in boxes:
+        count[:, :, y1:y2, x1:x2] += 1
+    assert preds is not None, "no windows"
+    return preds / count.to(preds.device)
 
 
 def slide_logits(
@@ -66,23 +107,9 @@ def slide_logits(
 ) -> torch.Tensor:
     """Pixel logits (B, N, H, W) of images (B, 3, H, W): windows' upsampled logits, averaged.
 
-    Crop sides must be multiples of the patch size (as are H and W). All windows have the
-    same size, so they run as one batch, or ``windows_per_pass`` at a time to bound memory.
+    ``window_boxes``, ``window_embeddings`` and ``merge_window_logits`` in one call; a
+    caller that transforms the window embeddings (e.g. temporal fusion) runs the three.
     """
-    b, _, h, w = images.shape
-    boxes = window_boxes(h, w, crop, stride)
-    step = windows_per_pass or len(boxes)
-    preds = None
-    for i in range(0, len(boxes), step):
-        group = boxes[i : i + step]
-        crops = torch.cat([images[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in group])
-        logits = window_logits(encoder, crops, text)
-        for j, (y1, y2, x1, x2) in enumerate(group):
-            # padded into the canvas and added, as the references do (exactly a slice add)
-            part = F.pad(logits[j * b : (j + 1) * b], (x1, w - x2, y1, h - y2))
-            preds = part if preds is None else preds + part
-    count = torch.zeros(1, 1, h, w, dtype=torch.float32)
-    for y1, y2, x1, x2 in boxes:
-        count[:, :, y1:y2, x1:x2] += 1
-    assert preds is not None  # window_boxes never returns an empty list
-    return preds / count.to(preds.device)
+    boxes = window_boxes(images.shape[-2], images.shape[-1], crop, stride)
+    emb = window_embeddings(encoder, images, boxes, windows_per_pass)
+    return merge_window_logits(emb, text, boxes, (images.shape[-2], images.shape[-1]))
