@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ovseg_cli import scclip as _scclip  # noqa: F401  (registers "scclip")
+from ovseg_cli.config import RENAMED_CHOICES
 from ovseg_cli.dense_methods import (
     DENSE_METHODS,
     POS_SCALE,
@@ -44,20 +45,13 @@ __all__ = [
     "to_model_input",
 ]
 
-# names that changed meaning: refused with the new names rather than silently run differently
-RENAMED_METHODS = {
-    "maskclip": "dense method 'maskclip' was split: use 'value' for what ovseg ran under that "
-    "name (ClearCLIP's MaskCLIP mode: out_proj(v), no residual, no FFN), or "
-    "'maskclip-original' for MaskCLIP as its authors' code runs it",
-}
-
 
 def dense_method(name: str) -> DenseMethod:
     """The registered method of a name, with a one-line error for unknown or renamed ones."""
     if name in DENSE_METHODS:
         return DENSE_METHODS[name]
-    if name in RENAMED_METHODS:
-        raise ValueError(RENAMED_METHODS[name])
+    if ("dense_method", name) in RENAMED_CHOICES:  # changed meaning: refused, never rerouted
+        raise ValueError(RENAMED_CHOICES["dense_method", name])
     raise ValueError(f"unknown dense method {name!r}; known: {', '.join(DENSE_METHODS)}")
 
 
