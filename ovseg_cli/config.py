@@ -193,7 +193,7 @@ def validate(cfg: Any) -> None:
     for f in dataclasses.fields(cfg):
         choices = f.metadata.get("choices")
         value = getattr(cfg, f.name)
-        if (f.name, value) in RENAMED_CHOICES:
+        if isinstance(value, str) and (f.name, value) in RENAMED_CHOICES:
             raise OvsegError(RENAMED_CHOICES[f.name, value])
         if choices and value not in choices:
             raise OvsegError(
