@@ -27,6 +27,15 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # auto: bf16/fp16 autocast on GPU
 TEMPLATES = tuple(TEMPLATE_SETS)
 CLASS_SPLITS = ("unseen", "seen", "all")  # which classes an evaluation gives the model (IV-C)
 AUTO = "auto"  # keyframe_interval: keyframes chosen by how well the warp still matches
+# setting values that changed meaning: refused with the new names, never silently rerouted
+RENAMED_CHOICES = {
+    ("dense_method", "maskclip"): (
+        "dense_method 'maskclip' was split: 'value' is what ovseg ran under that name "
+        "(ClearCLIP's MaskCLIP mode: out_proj(v), no residual, no FFN), 'maskclip-original' "
+        "is MaskCLIP as its authors' code runs it"
+    ),
+}
+
 
 # Upper limits of the settings that scale memory (the estimate in memory.py decides within)
 MAX_SIDE = 4096  # --size, --window, --flow-size, eval --size: pixels
@@ -216,6 +225,8 @@ def validate(cfg: Any) -> None:
     for f in dataclasses.fields(cfg):
         choices = f.metadata.get("choices")
         value = getattr(cfg, f.name)
+        if isinstance(value, str) and (f.name, value) in RENAMED_CHOICES:
+            raise OvsegError(RENAMED_CHOICES[f.name, value])
         if choices and value not in choices:
             raise OvsegError(
                 f"{f.name} must be one of {', '.join(choices)}, not {value!r}"

@@ -9,8 +9,8 @@ import open_clip
 import pytest
 import torch
 
+from ovseg_cli.clip.cache import cached_weights
 from ovseg_cli.clip.loading import (
-    cached_weights,
     list_architectures,
     load_clip,
     register_project_configs,
@@ -106,10 +106,10 @@ def test_missing_tag_without_network_fails_fast(
 ) -> None:
     import time
 
-    import ovseg_cli.clip.loading as cl
+    import ovseg_cli.clip.cache as cache
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(cl, "_reachable", lambda url, timeout=3.0: False)
+    monkeypatch.setattr(cache, "reachable", lambda url, timeout=3.0: False)
     t = time.perf_counter()
     with pytest.raises(OvsegError, match=r"huggingface\.co cannot be reached"):
         load_clip("ovseg-tiny", "missing")

@@ -1,4 +1,7 @@
-"""Training-free dense CLIP: shapes, equivalence with open_clip, interpolation, windows."""
+"""Training-free dense CLIP: shapes, equivalence with open_clip, interpolation, windows, export.
+
+Numerical agreement with the official code: tests/test_reference_methods.py.
+"""
 
 from __future__ import annotations
 
@@ -112,3 +115,95 @@ def test_to_model_input_normalises() -> None:
     x = to_model_input(rgb, (16, 24), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     assert x.shape == (1, 3, 16, 24)
     torch.testing.assert_close(x, torch.full_like(x, 2.0))
+
+
+@pytest.mark.parametrize(("n_in", "n_out"), [(14, 28), (14, 20), (14, 7), (8, 5), (7, 40)])
+@pytest.mark.parametrize("plus", [0.0, 0.1])
+def test_bicubic_matrix_is_torch_bicubic(n_in: int, n_out: int, plus: float) -> None:
+    from ovseg_cli.clip.dense import bicubic_matrix
+
+    scale = (n_out + plus) / n_in  # the references' (g + 0.1) / n, or by size
+    x = torch.randn(3, n_in, n_in)
+    ref = F.interpolate(
+        x[None], scale_factor=scale, mode="bicubic", align_corners=False,
+        recompute_scale_factor=False,
+    )[0]  # fmt: skip
+    w = bicubic_matrix(n_in, n_out, scale)
+    assert ref.shape[-1] == n_out
+    # aten's float32 coefficients differ by rounding (fused multiply-adds) only
+    torch.testing.assert_close(w @ x @ w.T, ref, atol=1e-5, rtol=0)
+
+
+def test_positional_embedding_resize_follows_the_method(visual) -> None:
+    scaled = DenseClipEncoder(visual, "naclip").positional_embedding((5, 13))
+    sized = DenseClipEncoder(visual, "maskclip-original").positional_embedding((5, 13))
+    forced = DenseClipEncoder(visual, "naclip", pos_resize="size").positional_embedding((5, 13))
+    torch.testing.assert_close(forced, sized)
+    assert (scaled - sized).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="pos_resize"):
+        DenseClipEncoder(visual, "naclip", pos_resize="area")
+
+
+def test_renamed_method_is_refused_with_the_new_names(visual) -> None:
+    from ovseg_cli.config import DENSE_METHOD_NAMES, SegmentConfig, validate
+    from ovseg_cli.errors import OvsegError
+    from ovseg_cli.model.config import ModelConfig
+
+    assert set(DENSE_METHOD_NAMES) == set(DENSE_METHODS)
+    with pytest.raises(ValueError, match=r"'value'.*'maskclip-original'"):
+        DenseClipEncoder(visual, "maskclip")
+    with pytest.raises(OvsegError, match=r"'value'.*'maskclip-original'") as info:
+        validate(SegmentConfig(dense_method="maskclip"))
+    assert "\n" not in str(info.value)
+    # a checkpoint saved before the rename was trained on the value-only features
+    assert ModelConfig(dense_method="maskclip").dense_method == "value"
+
+
+@pytest.mark.parametrize("method", sorted(DENSE_METHODS))
+def test_methods_run_under_autocast(visual, method: str) -> None:
+    x = torch.randn(2, 3, 48, 72)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = DenseClipEncoder(visual, method)(x).embeddings
+    assert feats.dtype == torch.float32 and feats.shape == (2, 64, 6, 9)
+    torch.testing.assert_close(feats.norm(dim=1), torch.ones(2, 6, 9))
+
+
+def test_slide_logits_in_groups_of_windows(visual) -> None:
+    from ovseg_cli.clip.sliding import slide_logits
+
+    enc = DenseClipEncoder(visual, "scclip")
+    x = torch.randn(2, 3, 64, 144)
+    text = F.normalize(torch.randn(5, 64), dim=-1)
+    whole = slide_logits(enc, x, text, crop=64, stride=32)
+    assert whole.shape == (2, 5, 64, 144)
+    torch.testing.assert_close(slide_logits(enc, x, text, 64, 32, windows_per_pass=2), whole)
+    # a window alone covers the left 32 columns: its own upsampled logits
+    first = torch.einsum("ne,behw->bnhw", text, enc(x[..., :64]).embeddings)
+    first = F.interpolate(first, size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(whole[..., :32], first[..., :32])
+
+
+# an export is for one input size: shapes turned into constants are expected
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
+@pytest.mark.parametrize("method", sorted(DENSE_METHODS))
+def test_every_method_exports_to_onnx(visual, method: str, tmp_path) -> None:
+    """The legacy TorchScript exporter (dynamo=False, opset 17), checked with onnxruntime."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+
+    class Embeddings(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc = DenseClipEncoder(visual, method)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.enc(x).embeddings
+
+    model = Embeddings().eval()
+    x = torch.randn(1, 3, 48, 72)
+    path = tmp_path / f"{method}.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17)
+    session = ort.InferenceSession(str(path))
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), model(x), atol=1e-5, rtol=0)

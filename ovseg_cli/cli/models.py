@@ -30,13 +30,8 @@ def models_command(
     from huggingface_hub import constants
     from rich.table import Table
 
-    from ovseg_cli.clip.loading import (
-        URL_CACHE,
-        cached_weights,
-        dense_capable,
-        list_architectures,
-        list_tags,
-    )
+    from ovseg_cli.clip.cache import URL_CACHE, cached_weights
+    from ovseg_cli.clip.loading import dense_capable, list_architectures, list_tags
 
     table = Table(title="CLIP models for --clip / --pretrained", show_lines=False)
     table.add_column("--clip")

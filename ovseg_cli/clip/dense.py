@@ -1,26 +1,19 @@
-"""Dense CLIP features with no training: a modified last ViT block gives one embedding per patch.
+"""Dense CLIP features with no training: CLIP's last block is replaced to give one embedding per patch.
 
 CLIP's image encoder is trained to summarise a whole image in its class token; its patch
-tokens, taken as they are, localise poorly. Published training-free fixes change only the
-last transformer block, and each is one function in ``DENSE_METHODS``:
+tokens, taken as they are, localise poorly. Published training-free fixes change the last
+transformer block (SC-CLIP also reads intermediate blocks); ``ovseg_cli.clip.dense_methods`` holds
+them, each matching its official code, and ``DenseClipEncoder`` runs one of them.
 
-- ``maskclip`` (Zhou et al., ECCV 2022): value embeddings only, no query-key mixing.
-- ``sclip`` (Wang et al., 2023): correlative self-attention softmax(qq^T) + softmax(kk^T),
-  residual and FFN kept.
-- ``clearclip`` (Lan et al., ECCV 2024): self-self (q-q) attention without the residual
-  connection and the FFN, which carry most of the noise. The default: strong and cheap.
-- ``naclip`` (Hajimiri et al., WACV 2025): key-key attention plus a Gaussian neighbourhood
-  prior on patch positions, without residual and FFN.
-- ``vanilla``: the unchanged block (a baseline).
-
-Inputs of any size work: positional embeddings are interpolated to the patch grid, or
-``encode`` slides a window of the native size over the image.
+Inputs of any size work: positional embeddings are interpolated to the patch grid as the
+method's reference does it; ``ovseg_cli.clip.sliding`` runs the references' sliding windows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,96 +21,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ovseg_cli.clip.methods import DENSE_METHOD_INFO
+from ovseg_cli.clip import scclip as _scclip  # noqa: F401  (registers "scclip")
+from ovseg_cli.clip.dense_methods import (
+    DENSE_METHODS,
+    POS_SCALE,
+    POS_SIZE,
+    DenseMethod,
+    layer_norm,
+    native_grid_scale,
+    neighbourhood_prior,
+    register_dense_method,
+)
+from ovseg_cli.config import RENAMED_CHOICES
 
-DenseMethod = Callable[[nn.Module, torch.Tensor, tuple[int, int]], torch.Tensor]
-DENSE_METHODS: dict[str, DenseMethod] = {}
-
-NACLIP_STD = 5.0  # Gaussian neighbourhood width in patches, as published
-
-
-def register_dense_method(name: str) -> Callable[[DenseMethod], DenseMethod]:
-    """Register a last-block variant under a name usable with --dense-method."""
-
-    if name not in DENSE_METHOD_INFO:
-        raise ValueError(f"dense method {name!r} is not described in ovseg_cli.clip.methods")
-
-    def wrap(fn: DenseMethod) -> DenseMethod:
-        DENSE_METHODS[name] = fn
-        return fn
-
-    return wrap
-
-
-def _heads(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k, v of the block's attention, shaped (B, heads, L, head_dim), from NLD tokens."""
-    attn = block.attn
-    q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-    b, n, d = q.shape
-    h = attn.num_heads
-    return tuple(t.reshape(b, n, h, d // h).transpose(1, 2) for t in (q, k, v))  # type: ignore[return-value]
+__all__ = [
+    "DENSE_METHODS",
+    "DenseClipEncoder",
+    "DenseFeatures",
+    "DenseMethod",
+    "model_input_size",
+    "neighbourhood_prior",
+    "register_dense_method",
+    "to_model_input",
+]
 
 
-def _out(block: nn.Module, heads: torch.Tensor) -> torch.Tensor:
-    b, h, n, hd = heads.shape
-    return block.attn.out_proj(heads.transpose(1, 2).reshape(b, n, h * hd))
-
-
-@register_dense_method("vanilla")
-def vanilla_block(block: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """CLIP's own last block."""
-    return block(x)
-
-
-@register_dense_method("maskclip")
-def maskclip_block(block: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """MaskCLIP: each patch keeps its own value embedding."""
-    _, _, v = _heads(block, x)
-    return _out(block, v)
-
-
-@register_dense_method("clearclip")
-def clearclip_block(block: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """ClearCLIP: q-q attention, no residual, no FFN."""
-    q, _, v = _heads(block, x)
-    return _out(block, F.scaled_dot_product_attention(q, q, v))
-
-
-@register_dense_method("sclip")
-def sclip_block(block: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """SCLIP: correlative self-attention, residual and FFN kept."""
-    q, k, v = _heads(block, x)
-    csa = F.scaled_dot_product_attention(q, q, v) + F.scaled_dot_product_attention(k, k, v)
-    x = x + block.ls_1(_out(block, csa))
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
-
-
-_neighbourhood_cache: dict[tuple[int, int, str, torch.dtype], torch.Tensor] = {}
-
-
-def neighbourhood_prior(
-    grid: tuple[int, int], device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
-    """NACLIP's additive attention prior exp(-d^2 / 2 std^2) between patches; zero for the class token."""
-    key = (*grid, str(device), dtype)
-    if key not in _neighbourhood_cache:
-        gh, gw = grid
-        ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
-        pos = torch.stack([ys.flatten(), xs.flatten()], 1).float()
-        prior = torch.exp(-torch.cdist(pos, pos).square() / (2 * NACLIP_STD**2))
-        full = torch.zeros(gh * gw + 1, gh * gw + 1)
-        full[1:, 1:] = prior
-        _neighbourhood_cache.clear()  # one grid size per video: keep the cache bounded
-        _neighbourhood_cache[key] = full.to(device=device, dtype=dtype)
-    return _neighbourhood_cache[key]
-
-
-@register_dense_method("naclip")
-def naclip_block(block: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """NACLIP: k-k attention with a Gaussian neighbourhood prior, no residual, no FFN."""
-    _, k, v = _heads(block, x)
-    prior = neighbourhood_prior(grid, x.device, k.dtype)
-    return _out(block, F.scaled_dot_product_attention(k, k, v, attn_mask=prior))
+def dense_method(name: str) -> DenseMethod:
+    """The registered method of a name, with a one-line error for unknown or renamed ones."""
+    if name in DENSE_METHODS:
+        return DENSE_METHODS[name]
+    if ("dense_method", name) in RENAMED_CHOICES:  # changed meaning: refused, never rerouted
+        raise ValueError(RENAMED_CHOICES["dense_method", name])
+    raise ValueError(f"unknown dense method {name!r}; known: {', '.join(DENSE_METHODS)}")
 
 
 @dataclass
@@ -128,15 +63,41 @@ class DenseFeatures:
     intermediates: list[torch.Tensor]  # each (B, D, gh, gw), from the requested blocks
 
 
-class DenseClipEncoder(nn.Module):
-    """A frozen open_clip ViT whose last block is replaced by a training-free dense variant."""
+@contextlib.contextmanager
+def _traceable_attention() -> Iterator[None]:
+    """Turn off nn.MultiheadAttention's fused fast path while exporting to ONNX.
 
-    def __init__(self, visual: nn.Module, method: str = "clearclip") -> None:
+    Its aten::_native_multi_head_attention has no ONNX symbolic; the unfused path computes
+    the same attention from exportable ops.
+    """
+    if not torch.onnx.is_in_onnx_export():
+        yield
+        return
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
+
+
+class DenseClipEncoder(nn.Module):
+    """A frozen open_clip ViT whose last block is replaced by a training-free dense method."""
+
+    def __init__(
+        self, visual: nn.Module, method: str = "clearclip", pos_resize: str | None = None
+    ) -> None:
         super().__init__()
-        if method not in DENSE_METHODS:
-            raise ValueError(f"unknown dense method {method!r}; known: {', '.join(DENSE_METHODS)}")
+        self.spec = dense_method(method)
+        if pos_resize not in (None, POS_SCALE, POS_SIZE):
+            raise ValueError(
+                f"pos_resize must be {POS_SCALE!r} or {POS_SIZE!r}, not {pos_resize!r}"
+            )
         self.visual = visual
         self.method = method
+        # the method's reference resize unless told otherwise (trained OV2VSS checkpoints
+        # keep the size-based one they were trained with)
+        self.pos_resize = pos_resize or self.spec.pos_resize
         self.patch = int(visual.patch_size[0])
         self.native_grid = tuple(int(g) for g in visual.grid_size)
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
@@ -148,43 +109,66 @@ class DenseClipEncoder(nn.Module):
             return pos
         cached = self._pos_cache.get(grid)
         if cached is None or cached.device != pos.device:
-            cls, patches = pos[:1], pos[1:]
             nh, nw = self.native_grid
-            patches = patches.reshape(1, nh, nw, -1).permute(0, 3, 1, 2).float()
-            patches = F.interpolate(patches, size=grid, mode="bicubic", align_corners=False)
-            patches = patches.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(pos.dtype)
-            cached = torch.cat([cls, patches])
+            if self.pos_resize == POS_SCALE:
+                # NACLIP clip/model.py:134, SCLIP :263, SC-CLIP :375, ClearCLIP transformer.py:569
+                scales = (native_grid_scale(nh, grid[0]), native_grid_scale(nw, grid[1]))
+            else:  # MaskCLIP mmseg/models/backbones/vit.py:383: by size
+                scales = (grid[0] / nh, grid[1] / nw)
+            wy = bicubic_matrix(nh, grid[0], scales[0]).to(pos.device)
+            wx = bicubic_matrix(nw, grid[1], scales[1]).to(pos.device)
+            patches = pos[1:].float().reshape(nh, nw, -1)
+            # F.interpolate(mode="bicubic", align_corners=False) as two matrix products, which
+            # trace to ONNX (aten's bicubic with a scale factor does not)
+            patches = torch.einsum("yr,rcd,xc->yxd", wy, patches, wx)
+            patches = patches.reshape(grid[0] * grid[1], -1).to(pos.dtype)
+            cached = torch.cat([pos[:1], patches])
             self._pos_cache = {grid: cached}  # one size per video: keep one entry
         return cached
+
+    def _block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """One ordinary block on batch-first tokens, with the method's backbone numerics."""
+        batch_first = getattr(self.visual.transformer, "batch_first", True)
+        y = x if batch_first else x.transpose(0, 1)
+        y = self.spec.block(block, y) if self.spec.block is not None else block(y)
+        return y if batch_first else y.transpose(0, 1)
 
     def forward(
         self, images: torch.Tensor, intermediate_layers: Sequence[int] = ()
     ) -> DenseFeatures:
         """Dense embeddings of normalised images (B, 3, H, W) with H, W multiples of the patch."""
         v = self.visual
+        spec = self.spec
         x = v.conv1(images)
         b, d, gh, gw = x.shape
         x = x.flatten(2).transpose(1, 2)
         cls = v.class_embedding.to(x.dtype).expand(b, 1, d)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding((gh, gw)).to(x.dtype)
-        x = v.ln_pre(x)
+        x = layer_norm(v.ln_pre, x, spec.layer_norm_eps)
         blocks = v.transformer.resblocks
         wanted = {i % len(blocks) for i in intermediate_layers}
         inter: list[torch.Tensor] = []
-        batch_first = getattr(v.transformer, "batch_first", True)
-        for i, blk in enumerate(blocks[:-1]):
-            x = blk(x) if batch_first else blk(x.transpose(0, 1)).transpose(0, 1)
-            if i in wanted:
-                inter.append(x[:, 1:].transpose(1, 2).reshape(b, d, gh, gw))
-        x = DENSE_METHODS[self.method](blocks[-1], x, (gh, gw))
+        feats: list[torch.Tensor] = []
+        with _traceable_attention():
+            for i, blk in enumerate(blocks[:-1]):
+                x = self._block(blk, x)
+                # only SC-CLIP reads earlier blocks; the others let them be freed
+                feats = [*feats, x] if spec.all_layers else [x]
+                if i in wanted:
+                    inter.append(x[:, 1:].transpose(1, 2).reshape(b, d, gh, gw))
+            x = spec.head(blocks[-1], feats, (gh, gw))  # (B, gh*gw, D) patch tokens
         if len(blocks) - 1 in wanted:
-            inter.append(x[:, 1:].transpose(1, 2).reshape(b, d, gh, gw))
-        x = v.ln_post(x[:, 1:]) @ v.proj
+            inter.append(x.transpose(1, 2).reshape(b, d, gh, gw))
+        x = layer_norm(v.ln_post, x, spec.layer_norm_eps) @ v.proj
         emb = F.normalize(x.float(), dim=-1).transpose(1, 2).reshape(b, -1, gh, gw)
         return DenseFeatures(embeddings=emb, intermediates=inter)
 
     def encode(self, images: torch.Tensor, window: int | None = None) -> torch.Tensor:
-        """Normalised dense embeddings (B, E, gh, gw), whole image or by sliding windows."""
+        """Normalised dense embeddings (B, E, gh, gw), whole image or by sliding windows.
+
+        The windows here average normalised patch embeddings (stride 2/3 of the window);
+        ``ovseg_cli.clip.sliding.slide_logits`` averages upsampled logits as the references do.
+        """
         if window is None:
             return self(images).embeddings
         win = max(self.patch, window // self.patch * self.patch)
@@ -209,6 +193,36 @@ class DenseClipEncoder(nn.Module):
                 count[:, :, y // p : y // p + th, x // p : x // p + tw] += 1
                 i += 1
         return F.normalize(acc / count, dim=1)
+
+
+def bicubic_matrix(n_in: int, n_out: int, scale: float) -> torch.Tensor:
+    """(n_out, n_in) weights of PyTorch's 1-D bicubic resampling at a scale factor.
+
+    Row i holds aten's cubic-convolution coefficients (A = -0.75) at the source position
+    (i + 0.5) / scale - 0.5, computed in float32 as aten does, indices clamped at the border
+    (align_corners=False): ``W @ x`` is ``F.interpolate(x, scale_factor=scale, mode="bicubic")``
+    along that axis, to float rounding.
+    """
+    f = np.float32
+    a = f(-0.75)
+    inv = f(1.0 / scale)  # aten compute_scales_value: 1 / scale in double, then float
+    src = inv * (np.arange(n_out, dtype=f) + f(0.5)) - f(0.5)
+    base = np.minimum(np.floor(src).astype(np.int64), n_in - 1)  # guard_index_and_lambda
+    t = np.clip(src - base.astype(f), f(0), f(1))
+
+    def near(x: np.ndarray) -> np.ndarray:  # |x| <= 1
+        return ((a + f(2)) * x - (a + f(3))) * x * x + f(1)
+
+    def far(x: np.ndarray) -> np.ndarray:  # 1 < |x| < 2
+        return ((a * x - f(5) * a) * x + f(8) * a) * x - f(4) * a
+
+    one = f(1)
+    taps = (far(t + one), near(t), near(one - t), far(one - t + one))
+    weights = np.zeros((n_out, n_in), dtype=f)
+    for k, w in enumerate(taps):  # taps at base-1 .. base+2, clamped to the border
+        idx = np.clip(base - 1 + k, 0, n_in - 1)
+        np.add.at(weights, (np.arange(n_out), idx), w)
+    return torch.from_numpy(weights)
 
 
 def _starts(length: int, win: int, stride: int) -> list[int]:

@@ -9,17 +9,23 @@ open_clip way, not forked into code.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import socket
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from ovseg_cli.clip.cache import (
+    cached_hub_snapshot,
+    cached_weights,
+    download_tag,
+    hub_offline,
+    quiet_open_clip,
+    reachable,
+)
+from ovseg_cli.clip.weights import QUICK_GELU_SUFFIX, activation_of, weights_quick_gelu
 from ovseg_cli.errors import OvsegError, did_you_mean
 
 log = logging.getLogger("ovseg")
@@ -27,8 +33,6 @@ log = logging.getLogger("ovseg")
 PROJECT_CONFIGS = Path(__file__).parent.parent / "model_configs"
 RANDOM_WEIGHTS = "none"
 HF_PREFIX = "hf-hub:"
-# open_clip's default location for weights fetched by URL rather than from the hub
-URL_CACHE = Path("~/.cache/clip").expanduser()
 
 _registered = False
 
@@ -56,6 +60,11 @@ class ClipBundle:
     weights: str  # the file that was loaded, or "random"
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+
+    @property
+    def activation(self) -> str:
+        """The image encoder's MLP activation: 'quick_gelu' or 'gelu' (for meta.json)."""
+        return activation_of(self.model)
 
     @property
     def random_init(self) -> bool:
@@ -113,147 +122,24 @@ def list_tags(arch: str) -> list[str]:
     return list(open_clip.list_pretrained_tags_by_model(arch))
 
 
-def _hub_file(cfg: dict[str, Any]) -> tuple[str, list[str]] | None:
-    """(repo id, candidate file names) of a tag's weights on the Hugging Face hub."""
-    hub = cfg.get("hf_hub")
-    if not hub:
-        return None
-    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
-
-    # open_clip's convention: "org/repo/" means the default file name, "org/repo/file" a given one
-    repo, filename = os.path.split(hub)
-    if filename:
-        stem, ext = os.path.splitext(filename)
-        names = [stem + ".safetensors", filename] if ext in (".bin", ".pth") else [filename]
-    else:
-        names = [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
-    return repo, names
-
-
-def weight_locations(arch: str, tag: str, cache_dir: str | None = None) -> list[str]:
-    """Places where the weights of (arch, tag) are looked for, for messages."""
-    import open_clip
-    from huggingface_hub import constants
-
-    cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
-    places = []
-    hub = _hub_file(cfg)
-    if hub:
-        base = Path(cache_dir or constants.HF_HUB_CACHE)
-        folder = "models--" + hub[0].replace("/", "--")
-        places.append(f"{base / folder} ({' or '.join(hub[1])})")
-    elif cfg.get("url"):
-        places.append(str(Path(cache_dir or URL_CACHE) / os.path.basename(cfg["url"])))
-    return places
-
-
-def cached_weights(arch: str, tag: str, cache_dir: str | None = None) -> Path | None:
-    """The local file holding (arch, tag) weights, if already downloaded; never downloads."""
-    import open_clip
-    from huggingface_hub import try_to_load_from_cache
-
-    cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
-    if cfg.get("file"):
-        return Path(cfg["file"]) if Path(cfg["file"]).is_file() else None
-    hub = _hub_file(cfg)
-    if hub:
-        for name in hub[1]:
-            found = try_to_load_from_cache(hub[0], name, cache_dir=cache_dir)
-            if isinstance(found, str) and Path(found).is_file():
-                return Path(found)
-    elif cfg.get("url"):
-        # only URL-only tags: open_clip fetches OpenAI's TorchScript .pt files from the hub instead
-        local = Path(cache_dir or URL_CACHE) / os.path.basename(cfg["url"])
-        if local.is_file():
-            return local
-    return None
-
-
-def hub_offline() -> bool:
-    """True when HF_HUB_OFFLINE asks for no network access."""
-    from huggingface_hub import constants
-
-    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
-    return bool(constants.HF_HUB_OFFLINE) or env in ("1", "ON", "YES", "TRUE")
-
-
-def _reachable(url: str, timeout: float = 3.0) -> bool:
-    """Quick TCP check, so a machine without network fails in seconds, not after retries."""
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True  # a proxy may reach what we cannot; let the download try
-    parsed = urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parsed.hostname or "", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def _quiet_open_clip() -> Iterator[None]:
-    """open_clip and huggingface_hub log to the root logger; keep the terminal clean."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(previous)
-
-
 def _preprocess_of(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg}
-
-
-def _download_tag(arch: str, tag: str, cfg: dict[str, Any], cache_dir: str | None) -> Path:
-    """Fetch a tag's weights into the usual caches, or explain why that is impossible."""
-    import open_clip
-    from huggingface_hub import constants
-
-    where = "; ".join(weight_locations(arch, tag, cache_dir))
-    advice = (
-        "Download them on a connected machine (open_clip caches them there), or pass a local "
-        "file: --pretrained /path/to/weights.safetensors (see `ovseg models`)"
-    )
-    if hub_offline():
-        raise OvsegError(
-            f"CLIP weights {arch}/{tag} are not in the local cache and HF_HUB_OFFLINE is set; "
-            f"looked in: {where}. {advice}"
-        )
-    source = constants.ENDPOINT if cfg.get("hf_hub") else cfg.get("url", constants.ENDPOINT)
-    if not _reachable(source):
-        host = urlparse(source).hostname
-        raise OvsegError(
-            f"CLIP weights {arch}/{tag} are not in the local cache and {host} cannot be reached; "
-            f"looked in: {where}. {advice}"
-        )
-    try:
-        with _quiet_open_clip():
-            path = open_clip.download_pretrained(cfg, cache_dir=cache_dir)
-    except Exception as exc:
-        reason = str(exc).splitlines()[0][:200]
-        raise OvsegError(
-            f"could not download CLIP weights {arch}/{tag}: {reason}. {advice}"
-        ) from None
-    if not path or not Path(path).is_file():
-        raise OvsegError(f"could not download CLIP weights {arch}/{tag}. {advice}")
-    return Path(path)
 
 
 def _create(name: str, **kwargs: Any) -> Any:
     import open_clip
 
-    with _quiet_open_clip():
+    with quiet_open_clip():
         return open_clip.create_model(name, device="cpu", **kwargs)
 
 
-def _create_random(arch: str, seed: int = 0) -> Any:
+def _create_random(arch: str, seed: int = 0, **kwargs: Any) -> Any:
     """Random weights from a fixed seed: a model trained on them can be rebuilt exactly."""
     import torch
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _create(arch)
+        return _create(arch, **kwargs)
 
 
 def _load_failure(exc: Exception) -> str:
@@ -307,11 +193,12 @@ def load_clip(
         weights = name
     else:
         model, weights, source = _load_arch(arch, pretrained, cache_dir)
-        name = source
+        # "NAME-quickgelu" built from NAME keeps its name, so it is rebuilt the same way
+        name = arch if source == arch.removesuffix(QUICK_GELU_SUFFIX) else source
     _check_dense_model(model, name)
     model = model.to(device).eval().requires_grad_(False)
     pre = getattr(model.visual, "preprocess_cfg", {}) or {}
-    with _quiet_open_clip():
+    with quiet_open_clip():
         tokenizer = open_clip.get_tokenizer(source, cache_dir=cache_dir)
     if weights == "random":
         log.warning(
@@ -335,6 +222,10 @@ def _load_arch(arch: str, pretrained: str, cache_dir: str | None) -> tuple[Any, 
     import open_clip
 
     known = open_clip.list_models()
+    base = arch.removesuffix(QUICK_GELU_SUFFIX)
+    if arch not in known and base != arch and base in known:
+        # the explicit QuickGELU choice, for architectures without a -quickgelu config
+        return _load_arch_quick_gelu(base, pretrained, cache_dir, arch)
     if arch not in known:
         raise OvsegError(
             f"unknown CLIP architecture {arch!r}"
@@ -355,7 +246,7 @@ def _load_arch(arch: str, pretrained: str, cache_dir: str | None) -> tuple[Any, 
         kwargs: dict[str, Any] = {"force_preprocess_cfg": _preprocess_of(tag_cfg)}
         if tag_cfg.get("quick_gelu") and not arch_cfg.get("quick_gelu"):
             kwargs["force_quick_gelu"] = True  # e.g. OpenAI's weights were trained with it
-        local = cached_weights(arch, pretrained, cache_dir) or _download_tag(
+        local = cached_weights(arch, pretrained, cache_dir) or download_tag(
             arch, pretrained, tag_cfg, cache_dir
         )
         return _load_file(arch, local, **kwargs), str(local), arch
@@ -369,7 +260,7 @@ def _load_arch(arch: str, pretrained: str, cache_dir: str | None) -> tuple[Any, 
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise OvsegError(f"could not load CLIP from {path}: {first[:200]}") from None
     if path.is_file():
-        return _load_file(arch, path), str(path), arch
+        return _load_bare_file(arch, arch_cfg, path), str(path), arch
     if os.sep in pretrained or path.suffix:
         raise OvsegError(f"--pretrained file not found: {path}")
     tags = list_tags(arch)
@@ -381,19 +272,25 @@ def _load_arch(arch: str, pretrained: str, cache_dir: str | None) -> tuple[Any, 
     )
 
 
-def _cached_hub_snapshot(repo: str, cache_dir: str | None) -> Path | None:
-    """The cached snapshot folder of an open_clip hub repo, if its config and weights are there."""
-    from huggingface_hub import try_to_load_from_cache
-    from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+def _load_arch_quick_gelu(
+    base: str, pretrained: str, cache_dir: str | None, name: str
+) -> tuple[Any, str, str]:
+    """``NAME-quickgelu`` where open_clip only knows NAME: NAME built with QuickGELU."""
+    path = Path(pretrained).expanduser()
+    if pretrained.lower() == RANDOM_WEIGHTS:
+        return _create_random(base, quick_gelu=True), "random", base
+    if path.is_file():
+        return _load_file(base, path, quick_gelu=True), str(path), base
+    raise OvsegError(
+        f"{name}: a -quickgelu name open_clip does not have takes a local file or 'none', "
+        f"not {pretrained!r}"
+    )
 
-    config = try_to_load_from_cache(repo, HF_CONFIG_NAME, cache_dir=cache_dir)
-    if not isinstance(config, str):
-        return None
-    for name in (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME):
-        found = try_to_load_from_cache(repo, name, cache_dir=cache_dir)
-        if isinstance(found, str) and Path(found).parent == Path(config).parent:
-            return Path(config).parent
-    return None
+
+def _load_bare_file(arch: str, arch_cfg: dict[str, Any], path: Path) -> Any:
+    """A local weights file, built with the activation its weights were trained with."""
+    quick = weights_quick_gelu(arch, bool(arch_cfg.get("quick_gelu")), path)
+    return _load_file(arch, path, **({} if quick is None else {"quick_gelu": quick}))
 
 
 def _load_hub_repo(model_name: str, cache_dir: str | None) -> tuple[Any, str]:
@@ -401,7 +298,7 @@ def _load_hub_repo(model_name: str, cache_dir: str | None) -> tuple[Any, str]:
     from huggingface_hub import constants
 
     repo = model_name[len(HF_PREFIX) :]
-    snapshot = _cached_hub_snapshot(repo, cache_dir)
+    snapshot = cached_hub_snapshot(repo, cache_dir)
     if snapshot is not None:
         # load the cached snapshot as a local folder: no network round trip, works offline
         name = f"local-dir:{snapshot}"
@@ -413,7 +310,7 @@ def _load_hub_repo(model_name: str, cache_dir: str | None) -> tuple[Any, str]:
                 f"{model_name} is not in the Hugging Face cache ({where}) and HF_HUB_OFFLINE is "
                 f"set; {advice}"
             )
-        if not _reachable(constants.ENDPOINT):
+        if not reachable(constants.ENDPOINT):
             raise OvsegError(
                 f"{model_name} is not in the Hugging Face cache ({where}) and "
                 f"{urlparse(constants.ENDPOINT).hostname} cannot be reached; {advice}"

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ovseg_cli.clip.dense import DenseClipEncoder
+from ovseg_cli.clip.dense_methods import POS_SIZE
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.model.config import ModelConfig
 
@@ -146,7 +147,8 @@ class FrameEncoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig, clip_visual: nn.Module, mean, std) -> None:
         super().__init__()
-        self.clip = DenseClipEncoder(clip_visual, cfg.dense_method)
+        # size-based positional-embedding resize: what checkpoints were trained with
+        self.clip = DenseClipEncoder(clip_visual, cfg.dense_method, pos_resize=POS_SIZE)
         self.clip.requires_grad_(False)
         depth = len(clip_visual.transformer.resblocks)
         self.backbone_name = cfg.backbone

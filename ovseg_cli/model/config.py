@@ -51,6 +51,9 @@ class ModelConfig:
     size: int = setting(448, "Short side the model sees at inference (multiple of 32).")
 
     def __post_init__(self) -> None:
+        if self.dense_method == "maskclip":
+            # checkpoints trained before the rename: their features are the value-only ones
+            self.dense_method = "value"
         validate(self)
         self.strides = tuple(int(s) for s in self.strides)
         self.pool_sizes = tuple(int(s) for s in self.pool_sizes)

@@ -144,6 +144,7 @@ class TrainingFreeSegmenter(StepsInBatches):
             "pretrained": self.clip.pretrained,
             "weights": self.clip.weights,
             "random_weights": self.clip.random_init,
+            "activation": self.clip.activation,
             "dense_method": self.encoder.method,
             "size": self.size,
             "window": self.window,
