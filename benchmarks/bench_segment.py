@@ -71,16 +71,14 @@ def backbone_fps(model, images, batch: int = 1) -> float:
     """Frames per second of the dense image encoder alone, ``batch`` frames a pass."""
     import torch
 
-    from ovseg_cli.devices import autocast
-
     batches = [torch.cat(images[i : i + batch]) for i in range(0, len(images), batch)]
-    with torch.no_grad(), autocast(model.device, model.precision):
-        model.encoder.encode(batches[0].to(model.device), model.window)  # warm-up
+    with torch.no_grad():
+        model.embed(batches[0].to(model.device))  # warm-up
         if model.device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
         for x in batches:
-            model.encoder.encode(x.to(model.device), model.window)
+            model.embed(x.to(model.device))
         if model.device.type == "cuda":
             torch.cuda.synchronize()
         return len(images) / (time.perf_counter() - t)

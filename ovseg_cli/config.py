@@ -25,7 +25,11 @@ T = TypeVar("T")
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # auto: bf16/fp16 autocast on GPUs, fp32 on CPUs
 TEMPLATES = tuple(TEMPLATE_SETS)
-CLASS_SPLITS = ("unseen", "seen", "all")  # which classes an evaluation gives the model (IV-C)
+CLASS_SPLITS = ("unseen", "seen", "all")
+REFINEMENTS = (
+    "none",
+    "pamr",
+)  # what may refine class scores before the best class is taken  # which classes an evaluation gives the model (IV-C)
 AUTO = "auto"  # keyframe_interval: keyframes chosen by how well the warp still matches
 # setting values that changed meaning: refused with the new names, never silently rerouted
 RENAMED_CHOICES = {
@@ -109,8 +113,17 @@ class SegmentConfig:
     )
     window: int | None = setting(
         None,
-        "Sliding-window size in pixels (stride 2/3 of it); none runs the whole frame at once "
-        "with interpolated positional embeddings.",
+        "Sliding windows of N px, their logits upsampled and averaged as the training-free "
+        "references do (their evaluations: 224); none: one pass over the whole frame.",
+    )
+    stride: int | None = setting(
+        None, "Step between sliding windows in px (default: half the window, as the references)."
+    )
+    refine: str = setting(
+        "none",
+        "Refine the class scores before the best class is taken: pamr (pixel-adaptive mask "
+        "refinement on the frame, as NACLIP's default; costs time per frame).",
+        choices=REFINEMENTS,
     )
     templates: str = setting("vild", "Prompt-template ensemble.", choices=TEMPLATES)
     temporal: bool = setting(True, "Fuse each frame's features with a bounded history.")
@@ -197,6 +210,11 @@ class EvalConfig:
         None, "Prompts for the dataset's class names ('name: prompt, prompt' lines)."
     )
     examples: int = setting(4, "Qualitative images (frame | prediction | ground truth) to save.")
+    unlabelled: bool = setting(
+        True,
+        "Run the unlabelled frames too, as temporal context (IV-B); off: the labelled frames "
+        "alone, as image methods are evaluated (Cityscapes sequences: 30 times fewer frames).",
+    )
     masks: bool = setting(
         False,
         "Save each labelled frame's predicted mask as masks/<video>/<frame>.png (palette PNG, "
@@ -248,6 +266,9 @@ def _check_segment(cfg: SegmentConfig) -> None:
         raise OvsegError(f"shot_threshold must be between 0 and 255, not {cfg.shot_threshold}")
     _check_range("size", cfg.size, 16, MAX_SIDE, " pixels")
     _check_range("window", cfg.window, 16, MAX_SIDE, " pixels")
+    _check_range("stride", cfg.stride, 16, MAX_SIDE, " pixels")
+    if cfg.stride is not None and cfg.window is None:
+        raise OvsegError("stride needs window (the sliding windows it steps between)")
     if cfg.start < 0:
         raise OvsegError(f"start must be >= 0 seconds, not {cfg.start}")
     if cfg.end is not None and cfg.end <= cfg.start:

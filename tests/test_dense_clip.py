@@ -89,17 +89,25 @@ def test_naclip_prior_is_a_gaussian_neighbourhood() -> None:
     assert prior[1, 2] > prior[1, 3] > prior[1, 20] > 0
 
 
-def test_sliding_window_covers_the_image(visual) -> None:
-    enc = DenseClipEncoder(visual)
-    x = torch.randn(1, 3, 64, 200)
-    whole = enc.encode(x)
-    slid = enc.encode(x, window=64)
-    assert slid.shape == whole.shape == (1, 64, 8, 25)
-    torch.testing.assert_close(slid.norm(dim=1), torch.ones(1, 8, 25))
-    small = torch.randn(1, 3, 64, 64)
-    torch.testing.assert_close(enc.encode(small, window=64), enc.encode(small))
-    # the first window's left columns are seen by that window alone
-    torch.testing.assert_close(slid[..., :2], enc(x[..., :64]).embeddings[..., :2])
+def test_windows_in_the_segmenter_are_the_references_slide(tiny_weights) -> None:
+    """With fusion off, the segmenter's windows give what slide_logits (checked against the
+    references' fixtures) gives: upsampled window logits averaged, times the logit scale."""
+    from ovseg_cli.clip.prompts import Vocabulary
+    from ovseg_cli.clip.sliding import slide_logits
+    from ovseg_cli.config import SegmentConfig
+    from ovseg_cli.segment.protocol import load_model
+
+    model = load_model(SegmentConfig(clip="ovseg-tiny", pretrained=str(tiny_weights),
+                                     window=32, stride=16, temporal=False, device="cpu"))  # fmt: skip
+    x = torch.randn(2, 3, 48, 80)
+    text = torch.nn.functional.normalize(torch.randn(3, model.clip.model.text_projection.shape[1]))
+    vocab = Vocabulary([], text, ())
+    logits, _ = model.step_batch(x, model.init_state(), vocab)
+    expected = model.logit_scale * slide_logits(model.encoder, x, text, crop=32, stride=16)
+    assert logits[0].shape == (3, 48, 80) and len(model.boxes(48, 80)) == 2 * 4
+    torch.testing.assert_close(torch.stack(logits), expected)
+    whole, _ = model.step_batch(torch.randn(1, 3, 32, 32), model.init_state(), vocab)
+    assert whole[0].shape == (3, 4, 4)  # no larger than a window: one pass, patch logits
 
 
 @pytest.mark.parametrize(

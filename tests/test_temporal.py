@@ -98,5 +98,5 @@ def test_segmenter_state_does_not_grow_with_video_length(tiny_model) -> None:
     assert logits.shape == (3, 8, 13)  # 48x80 seen at 64x104
     assert state.frames == 40
     assert sizes[5] == sizes[-1] > 0
-    assert isinstance(state.temporal, TemporalState)
-    assert len(state.temporal.history) == tiny_model.fusion.history
+    assert len(state.temporal) == 1 and isinstance(state.temporal[0], TemporalState)
+    assert len(state.temporal[0].history) == tiny_model.fusion.history  # one whole-frame pass

@@ -18,8 +18,10 @@ from ovseg_cli.cli.progress import Progress, done
 from ovseg_cli.config import EvalConfig, SegmentConfig
 
 EVAL_OPTIONS = (
-    "split", "data_split", "limit_videos", "vc", "size", "classes_file", "examples", "masks",
+    "split", "data_split", "limit_videos", "vc", "size", "unlabelled", "classes_file", "examples",
+    "masks",
 )  # fmt: skip
+SECTIONS = {"eval": EvalConfig, "segment": SegmentConfig}  # of an eval --config file
 
 
 @friendly_errors
@@ -33,6 +35,12 @@ def eval_command(
         None, "--out", "-o", help="Report folder.", show_default="<dataset>_eval_<split>"
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report folder."),
+    config: Path = typer.Option(
+        None,
+        "--config",
+        help="YAML file with an 'eval:' and a 'segment:' section of settings (see "
+        "examples/configs/eval-*.yaml); options given here win.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or tables."),
     eval_settings: dict[str, Any] | None = None,
     model_settings: dict[str, Any] | None = None,
@@ -41,12 +49,16 @@ def eval_command(
     from ovseg_cli.config import from_mapping
     from ovseg_cli.evaluation.report import run_eval
 
-    eval_cfg = from_mapping(EvalConfig, eval_settings or {}, source="command line")
-    seg_cfg = from_mapping(SegmentConfig, model_settings or {}, source="command line")
+    sections = _sections(config)
+    eval_cfg = from_mapping(EvalConfig, {**sections["eval"], **(eval_settings or {})},
+                            source=str(config or "command line"))  # fmt: skip
+    seg_cfg = from_mapping(SegmentConfig, {**sections["segment"], **(model_settings or {})},
+                           source=str(config or "command line"))  # fmt: skip
     progress = Progress("eval", enabled=not quiet)
     try:
         run = run_eval(
             data, eval_cfg, seg_cfg, out=out, overwrite=overwrite,
+            inputs=[config] if config is not None else [],
             on_start=progress.start, on_frame=progress.advance,
         )  # fmt: skip
     finally:
@@ -59,6 +71,24 @@ def eval_command(
         f"({result.fps:.2f} fps) -> {run.out_dir}",
         quiet,
     )
+
+
+def _sections(config: Path | None) -> dict[str, dict[str, Any]]:
+    """The 'eval' and 'segment' sections of an eval config file (empty without one)."""
+    from ovseg_cli.config import load_yaml
+    from ovseg_cli.errors import OvsegError, did_you_mean
+
+    data = load_yaml(config) if config is not None else {}
+    for key in data:
+        if key not in SECTIONS:
+            raise OvsegError(
+                f"{config}: unknown section {key!r}"
+                + did_you_mean(str(key), SECTIONS)
+                + "; an eval config has 'eval:' and 'segment:' sections"
+            )
+        if not isinstance(data[key], dict):
+            raise OvsegError(f"{config}: section {key!r} must be a mapping of settings")
+    return {name: dict(data.get(name) or {}) for name in SECTIONS}
 
 
 def _pct(x: float | None) -> str:

@@ -17,7 +17,8 @@ from ovseg_cli.config import default_text, help_text
 
 # settings of SegmentConfig that `segment` and `eval` both take, from this one list
 MODEL_OPTIONS = (
-    "clip", "pretrained", "checkpoint", "dense_method", "templates", "window", "temporal",
+    "clip", "pretrained", "checkpoint", "dense_method", "templates", "window", "stride", "refine",
+    "temporal",
     "temporal_strength", "temporal_history", "device", "precision",
 )  # fmt: skip
 STREAM_OPTIONS = (

@@ -12,7 +12,6 @@ method's reference does it; ``ovseg_cli.clip.sliding`` runs the references' slid
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -163,36 +162,10 @@ class DenseClipEncoder(nn.Module):
         emb = F.normalize(x.float(), dim=-1).transpose(1, 2).reshape(b, -1, gh, gw)
         return DenseFeatures(embeddings=emb, intermediates=inter)
 
-    def encode(self, images: torch.Tensor, window: int | None = None) -> torch.Tensor:
-        """Normalised dense embeddings (B, E, gh, gw), whole image or by sliding windows.
-
-        The windows here average normalised patch embeddings (stride 2/3 of the window);
-        ``ovseg_cli.clip.sliding.slide_logits`` averages upsampled logits as the references do.
-        """
-        if window is None:
-            return self(images).embeddings
-        win = max(self.patch, window // self.patch * self.patch)
-        _, _, h, w = images.shape
-        if h <= win and w <= win:
-            return self(images).embeddings
-        stride = max(self.patch, round(win * 2 / 3 / self.patch) * self.patch)
-        ys = _starts(h, win, stride)
-        xs = _starts(w, win, stride)
-        crops = torch.cat([images[:, :, y : y + win, x : x + win] for y in ys for x in xs])
-        feats = self(crops).embeddings
-        b = images.shape[0]
-        p = self.patch
-        acc = feats.new_zeros(b, feats.shape[1], h // p, w // p)
-        count = feats.new_zeros(1, 1, h // p, w // p)
-        i = 0
-        for y in ys:
-            for x in xs:
-                tile = feats[i * b : (i + 1) * b]
-                th, tw = tile.shape[-2:]
-                acc[:, :, y // p : y // p + th, x // p : x // p + tw] += tile
-                count[:, :, y // p : y // p + th, x // p : x // p + tw] += 1
-                i += 1
-        return F.normalize(acc / count, dim=1)
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised dense embeddings (B, E, gh, gw) of a whole-image pass (windows: see
+        ``ovseg_cli.clip.sliding``)."""
+        return self(images).embeddings
 
 
 def bicubic_matrix(n_in: int, n_out: int, scale: float) -> torch.Tensor:
@@ -223,15 +196,6 @@ def bicubic_matrix(n_in: int, n_out: int, scale: float) -> torch.Tensor:
         idx = np.clip(base - 1 + k, 0, n_in - 1)
         np.add.at(weights, (np.arange(n_out), idx), w)
     return torch.from_numpy(weights)
-
-
-def _starts(length: int, win: int, stride: int) -> list[int]:
-    """Window offsets covering [0, length) with the last window flush with the end."""
-    if length <= win:
-        return [0]
-    n = math.ceil((length - win) / stride) + 1
-    starts = [min(i * stride, length - win) for i in range(n)]
-    return sorted(set(starts))
 
 
 def model_input_size(height: int, width: int, short_side: int, patch: int) -> tuple[int, int]:

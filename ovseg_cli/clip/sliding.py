@@ -4,7 +4,7 @@ NACLIP naclip.py:71, SCLIP clip_segmentor.py:80 and SC-CLIP scclip_segmentor.py:
 loop: square crops (224) at a stride (112), each window's per-patch logits upsampled
 bilinearly to the window, summed into an image-size canvas and divided by how many windows
 cover each pixel. Averaging upsampled *logits* is what distinguishes it from averaging patch
-embeddings (``DenseClipEncoder.encode(window=...)``); the two give different maps.
+embeddings (what ovseg did before); the two give different maps.
 """
 
 from __future__ import annotations

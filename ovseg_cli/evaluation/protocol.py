@@ -25,7 +25,7 @@ import numpy as np
 
 from ovseg_cli.classes import UNLABELLED, ClassSpec, read_classes_file
 from ovseg_cli.config import EvalConfig, SegmentConfig
-from ovseg_cli.datasets.index import PreparedIndex, Video, check_files
+from ovseg_cli.datasets.index import Frame, PreparedIndex, Video, check_files
 from ovseg_cli.errors import OvsegError, did_you_mean
 from ovseg_cli.evaluation.metrics import ConfusionMatrix, VideoConsistency
 from ovseg_cli.segment.protocol import Segmenter
@@ -133,9 +133,9 @@ class Scores:
         return out
 
 
-def _labels(video: Video) -> Iterator[np.ndarray | None]:
+def _labels(frames: Sequence[Frame]) -> Iterator[np.ndarray | None]:
     """Each frame's label map (None where unlabelled), read ahead in a background thread."""
-    for frame in video.frames:
+    for frame in frames:
         yield None if frame.label is None else read_image(frame.label, None)
 
 
@@ -164,19 +164,21 @@ class _Output:
     colors: Any
     saved: list[Path] = field(default_factory=list)
 
-    def frame(self, video: Video, result: FrameResult, gt: np.ndarray, labelled: int) -> None:
+    def frame(
+        self, video: str, frame: Frame, result: FrameResult, gt: np.ndarray, labelled: int
+    ) -> None:
         if self.folder is None:
             return
-        stem = Path(video.frames[result.index].image).stem
+        stem = Path(frame.image).stem
         if self.masks:
-            path = self.folder / "masks" / video.name / f"{stem}.png"
+            path = self.folder / "masks" / video / f"{stem}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             save_palette_png(result.mask, self.palette, path)
         if labelled in self.wanted:
             folder = self.folder / "examples"
             n = len(self.saved)
             example = _save_example(
-                folder, video.name, n, result.frame, result.mask, gt, self.colors
+                folder, video, n, result.frame, result.mask, gt, self.colors
             )
             self.saved.append(example)
 
@@ -219,23 +221,24 @@ def evaluate(
     stream_info: dict[str, Any] = {}
     t0 = time.perf_counter()
     for video in videos:
-        source = ImageSequence([f.image for f in video.frames])
+        run = video.frames if cfg.unlabelled else [f for f in video.frames if f.label]
+        source = ImageSequence([f.image for f in run])
         short = cfg.size or min(source.info.width, source.info.height)
         settings = StreamSettings.from_config(seg, size=short)
-        labels = Prefetcher(_labels(video), depth=8, name="ovseg-eval-labels")
+        labels = Prefetcher(_labels(run), depth=8, name="ovseg-eval-labels")
         try:
             with SegmentationStream(source, vocabulary, model, settings) as stream:
                 for result, raw in zip(stream, labels, strict=True):
                     frames += 1
                     if raw is not None:
+                        frame = run[result.index]
                         if raw.shape != result.mask.shape:
                             raise OvsegError(
-                                f"{video.frames[result.index].label}: label size differs from "
-                                f"its frame {video.frames[result.index].image}"
+                                f"{frame.label}: label size differs from its frame {frame.image}"
                             )
                         gt = lut[raw]
                         scores.add(result.mask, gt, raw, result.is_keyframe)
-                        output.frame(video, result, gt, labelled)
+                        output.frame(video.name, frame, result, gt, labelled)
                         labelled += 1
                     if on_frame is not None:
                         on_frame()

@@ -144,7 +144,8 @@ def run_eval(
         model = model or load_model(seg)
         if on_start is not None:
             videos = index.videos_in(cfg.data_split)[: cfg.limit_videos]
-            on_start(sum(len(v.frames) for v in videos if v.labelled))
+            count = (lambda v: len(v.frames)) if cfg.unlabelled else (lambda v: len(v.labelled))
+            on_start(sum(count(v) for v in videos if v.labelled))
         result = evaluate(model, index, cfg, seg, on_frame=on_frame, out_dir=folder.path)
         report = report_dict(result, index, model, cfg, seg)
         folder.write_json("report.json", report)

@@ -116,8 +116,9 @@ def load_model(config: SegmentConfig | None = None, **overrides: Any) -> Segment
     )
     fusion = TemporalFusion.from_config(cfg) if cfg.temporal and cfg.temporal_strength else None
     return TrainingFreeSegmenter(
-        clip, dense_method=cfg.dense_method, size=cfg.size, window=cfg.window, fusion=fusion,
-        templates=cfg.templates, device=device, precision=precision,
+        clip, dense_method=cfg.dense_method, size=cfg.size, window=cfg.window, stride=cfg.stride,
+        refine=cfg.refine, fusion=fusion, templates=cfg.templates, device=device,
+        precision=precision,
     )  # fmt: skip
 
 
@@ -126,6 +127,12 @@ def _load_trained(cfg: SegmentConfig, device: torch.device, precision: str) -> S
     from ovseg_cli.model.checkpoint import load_checkpoint
     from ovseg_cli.model.streaming import OV2VSSSegmenter
 
+    given = [f"--{n}" for n in ("window", "stride") if getattr(cfg, n) is not None]
+    given += ["--refine"] if cfg.refine != "none" else []
+    if given:
+        raise OvsegError(
+            f"{', '.join(given)} apply to the training-free segmenter, not a checkpoint"
+        )
     model, clip, meta = load_checkpoint(
         cfg.checkpoint, clip_arch=cfg.clip, pretrained=cfg.pretrained, device=str(device)
     )
