@@ -106,6 +106,19 @@ def test_other_clip_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
         load_checkpoint(tiny_checkpoint, pretrained=str(other))
     same = save_random_weights("ovseg-tiny", tmp_path / "same.safetensors", seed=0)
     load_checkpoint(tiny_checkpoint, pretrained=str(same))  # the same weights from a file: fine
+    assert read_metadata(tiny_checkpoint)["clip"]["activation"] == "gelu"
+
+
+def test_checkpoint_remembers_the_activation(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Weights do not say which activation they need: a checkpoint trained on QuickGELU CLIP
+    refuses the same weights built with plain GELU."""
+    ckpt = _copy(tiny_checkpoint, tmp_path)
+    meta_path = checkpoint_paths(ckpt)[1]
+    meta = json.loads(meta_path.read_text())
+    meta["clip"]["activation"] = "quick_gelu"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(OvsegError, match=r"quick_gelu activations.*ovseg-tiny-quickgelu"):
+        load_checkpoint(ckpt)
 
 
 class _Killed(BaseException):

@@ -177,9 +177,7 @@ class _Output:
         if labelled in self.wanted:
             folder = self.folder / "examples"
             n = len(self.saved)
-            example = _save_example(
-                folder, video, n, result.frame, result.mask, gt, self.colors
-            )
+            example = _save_example(folder, video, n, result.frame, result.mask, gt, self.colors)
             self.saved.append(example)
 
 

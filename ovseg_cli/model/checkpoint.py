@@ -74,6 +74,7 @@ def save_checkpoint(
             "arch": clip.arch,
             "pretrained": clip.pretrained,
             "fingerprint": clip_fingerprint(clip),
+            "activation": clip.activation,  # the weights alone do not say it
         },
         "classes": list(classes),
         "split": split,
@@ -182,6 +183,13 @@ def load_checkpoint(
         raise OvsegError(
             f"{weights_path.name} was trained on other CLIP weights ({trained_arch}/{trained_weights}) "
             f"than the ones loaded ({clip.weights}); pass --pretrained with the weights it names"
+        )
+    trained_activation = meta["clip"].get("activation")
+    if trained_activation not in (None, clip.activation):
+        raise OvsegError(
+            f"{weights_path.name} was trained on CLIP with {trained_activation} activations, "
+            f"but the weights loaded now build {clip.activation}; pass --clip "
+            f"{trained_arch}-quickgelu or the weights file it was trained with"
         )
     model = OV2VSS(cfg, clip)
     tensors = read_weights(path, meta)
