@@ -118,6 +118,13 @@ class SegmentConfig:
     precision: str = setting(
         "auto", "Compute precision (autocast on GPU).", choices=("auto", "fp32", "fp16", "bf16")
     )
+    runtime: str = setting(
+        "auto",
+        "Where CLIP's image encoder runs: torch, or onnx (ONNX Runtime, CPU, fp32; exported "
+        "once per model into the cache folder; pip install 'ovseg[onnx]'); auto: onnx on a "
+        "CPU when ONNX Runtime is installed, else torch.",
+        choices=("auto", "torch", "onnx"),
+    )
     batch: int | None = setting(
         None, "Keyframes per image-encoder pass (default: 8 on CUDA, 1 otherwise)."
     )

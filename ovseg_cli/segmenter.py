@@ -20,6 +20,7 @@ from ovseg_cli.config import SegmentConfig
 from ovseg_cli.dense_clip import DenseClipEncoder, model_input_size, to_model_input
 from ovseg_cli.devices import autocast, resolve_device, resolve_precision
 from ovseg_cli.prompts import Vocabulary, encode_vocabulary, templates_named
+from ovseg_cli.runtime import runtime_info
 from ovseg_cli.temporal_fusion import TemporalFusion, TemporalState
 
 
@@ -58,11 +59,19 @@ class TrainingFreeSegmenter:
         templates: str = "vild",
         device: torch.device | str = "cpu",
         precision: str = "fp32",
+        runtime: str = "torch",
     ) -> None:
         self.clip = clip
         self.device = torch.device(device)
         self.precision = precision
         self.encoder = DenseClipEncoder(clip.visual, dense_method).to(self.device)
+        self.runtime = "torch"
+        if runtime != "torch":
+            from ovseg_cli.runtime import place_encoder
+
+            self.encoder, self.runtime = place_encoder(
+                self.encoder, clip.arch, runtime, self.device, precision
+            )
         self.size = size or clip.native_size
         self.window = window
         self.fusion = fusion
@@ -133,6 +142,7 @@ class TrainingFreeSegmenter:
             "temporal_fusion": fusion,
             "device": str(self.device),
             "precision": self.precision,
+            **runtime_info(self.runtime, self.encoder),
         }
 
 
@@ -150,8 +160,11 @@ def load_model(config: SegmentConfig | None = None, **overrides: Any) -> Any:
         cfg = from_mapping(SegmentConfig, {**to_dict(cfg), **overrides}, source="load_model")
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
+    from ovseg_cli.runtime import resolve_runtime
+
     if cfg.checkpoint:
         return _load_trained(cfg, device, precision)
+    resolve_runtime(cfg.runtime, device, precision)  # fail before loading CLIP
     clip = load_clip(
         cfg.clip or DEFAULT_CLIP, cfg.pretrained or DEFAULT_PRETRAINED, device=str(device)
     )
@@ -172,6 +185,7 @@ def load_model(config: SegmentConfig | None = None, **overrides: Any) -> Any:
         templates=cfg.templates,
         device=device,
         precision=precision,
+        runtime=cfg.runtime,
     )
 
 
@@ -185,6 +199,15 @@ def _load_trained(cfg: SegmentConfig, device: torch.device, precision: str) -> A
     )
     if cfg.size is not None and cfg.size % model.cfg.multiple:
         raise OvsegError(f"--size must be a multiple of {model.cfg.multiple} for this checkpoint")
+    runtime = "torch"
+    if cfg.runtime != "torch":
+        from ovseg_cli.runtime import place_encoder
+
+        # the frozen CLIP and the blocks the pyramid reads move; the trainable rest stays
+        frames = model.encoder
+        frames.clip, runtime = place_encoder(
+            frames.clip, clip.arch, cfg.runtime, device, precision, layers=frames.layers
+        )
     return OV2VSSSegmenter(
         model,
         clip,
@@ -193,4 +216,5 @@ def _load_trained(cfg: SegmentConfig, device: torch.device, precision: str) -> A
         precision=precision,
         checkpoint=str(cfg.checkpoint),
         meta=meta,
+        runtime=runtime,
     )

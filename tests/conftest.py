@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -22,6 +23,15 @@ def shared_file(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared data not present: {path}")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Exported ONNX graphs go to a folder of this test session, never the user's cache."""
+    folder = tmp_path_factory.mktemp("ovseg-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OVSEG_CACHE_DIR", str(folder))  # inherited by CLI subprocesses too
+        yield folder
 
 
 @pytest.fixture(autouse=True)

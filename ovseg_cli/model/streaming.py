@@ -26,6 +26,7 @@ from ovseg_cli.devices import autocast
 from ovseg_cli.model.backbone import FrameFeatures
 from ovseg_cli.model.ov2vss import OV2VSS
 from ovseg_cli.prompts import Vocabulary, encode_vocabulary, templates_named
+from ovseg_cli.runtime import runtime_info
 
 
 @dataclass
@@ -83,6 +84,7 @@ class OV2VSSSegmenter:
         precision: str = "fp32",
         checkpoint: str | None = None,
         meta: dict[str, Any] | None = None,
+        runtime: str = "torch",
     ) -> None:
         self.model = model.to(device).eval()
         self.clip = clip
@@ -93,6 +95,7 @@ class OV2VSSSegmenter:
         self.checkpoint = checkpoint
         self.meta = meta or {}
         self.window = None
+        self.runtime = runtime  # where the frozen CLIP runs; set by load_model
 
     def encode_vocabulary(self, classes: Sequence[ClassSpec]) -> Vocabulary:
         """Text embeddings of the classes with the templates the model was trained with."""
@@ -155,6 +158,7 @@ class OV2VSSSegmenter:
             "model_config": to_dict(self.cfg),
             "device": str(self.device),
             "precision": self.precision,
+            **runtime_info(self.runtime, self.model.encoder.clip),
         }
 
 
