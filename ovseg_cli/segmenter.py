@@ -20,7 +20,7 @@ from ovseg_cli.config import SegmentConfig
 from ovseg_cli.dense_clip import DenseClipEncoder, model_input_size, to_model_input
 from ovseg_cli.devices import autocast, resolve_device, resolve_precision
 from ovseg_cli.prompts import Vocabulary, encode_vocabulary, templates_named
-from ovseg_cli.runtime import runtime_info
+from ovseg_cli.runtime import place_encoder, resolve_runtime, runtime_info
 from ovseg_cli.temporal_fusion import TemporalFusion, TemporalState
 
 
@@ -65,13 +65,9 @@ class TrainingFreeSegmenter:
         self.device = torch.device(device)
         self.precision = precision
         self.encoder = DenseClipEncoder(clip.visual, dense_method).to(self.device)
-        self.runtime = "torch"
-        if runtime != "torch":
-            from ovseg_cli.runtime import place_encoder
-
-            self.encoder, self.runtime = place_encoder(
-                self.encoder, clip.arch, runtime, self.device, precision
-            )
+        self.encoder, self.runtime = place_encoder(
+            self.encoder, clip.arch, runtime, self.device, precision
+        )
         self.size = size or clip.native_size
         self.window = window
         self.fusion = fusion
@@ -160,11 +156,9 @@ def load_model(config: SegmentConfig | None = None, **overrides: Any) -> Any:
         cfg = from_mapping(SegmentConfig, {**to_dict(cfg), **overrides}, source="load_model")
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    from ovseg_cli.runtime import resolve_runtime
-
+    resolve_runtime(cfg.runtime, device, precision)  # fail before loading CLIP
     if cfg.checkpoint:
         return _load_trained(cfg, device, precision)
-    resolve_runtime(cfg.runtime, device, precision)  # fail before loading CLIP
     clip = load_clip(
         cfg.clip or DEFAULT_CLIP, cfg.pretrained or DEFAULT_PRETRAINED, device=str(device)
     )
@@ -199,15 +193,11 @@ def _load_trained(cfg: SegmentConfig, device: torch.device, precision: str) -> A
     )
     if cfg.size is not None and cfg.size % model.cfg.multiple:
         raise OvsegError(f"--size must be a multiple of {model.cfg.multiple} for this checkpoint")
-    runtime = "torch"
-    if cfg.runtime != "torch":
-        from ovseg_cli.runtime import place_encoder
-
-        # the frozen CLIP and the blocks the pyramid reads move; the trainable rest stays
-        frames = model.encoder
-        frames.clip, runtime = place_encoder(
-            frames.clip, clip.arch, cfg.runtime, device, precision, layers=frames.layers
-        )
+    # the frozen CLIP and the blocks the pyramid reads move; the trainable rest stays in torch
+    frames = model.encoder
+    frames.clip, runtime = place_encoder(
+        frames.clip, clip.arch, cfg.runtime, device, precision, layers=frames.layers
+    )
     return OV2VSSSegmenter(
         model,
         clip,

@@ -26,8 +26,9 @@ def shared_file(*parts: str) -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Exported ONNX graphs go to a folder of this test session, never the user's cache."""
+def onnx_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Exported ONNX graphs go to a folder of this test session, never the user's cache:
+    each (method, blocks) of the tiny CLIP is exported once per session, then reused."""
     folder = tmp_path_factory.mktemp("ovseg-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OVSEG_CACHE_DIR", str(folder))  # inherited by CLI subprocesses too

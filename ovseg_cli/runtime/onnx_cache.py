@@ -78,7 +78,7 @@ def encoder_settings(encoder: nn.Module) -> dict[str, Any]:
     """The encoder's plain public settings (method, patch, grid and any added later)."""
     plain = (bool, int, float, str, tuple, type(None))
     return {
-        k: list(v) if isinstance(v, tuple) else v
+        k: v
         for k, v in sorted(vars(encoder).items())
         if not k.startswith("_") and k != "training" and isinstance(v, plain)
     }
@@ -120,7 +120,8 @@ def graph_key(encoder: nn.Module, arch: str, layers: tuple[int, ...]) -> dict[st
         "structure": hashlib.sha256(repr(encoder).encode()).hexdigest(),
         "weights": weights_fingerprint(encoder),
         "method": method,
-        "settings": encoder_settings(encoder),
+        # as JSON reads it back (tuples become lists), so a stored key compares equal
+        "settings": json.loads(json.dumps(encoder_settings(encoder), default=repr)),
         "layers": list(layers),
         "opset": onnx_export.OPSET,
         "code": _source_digest(code),

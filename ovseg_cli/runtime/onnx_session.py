@@ -17,11 +17,16 @@ from typing import Any
 import torch
 
 from ovseg_cli.dense_clip import DenseClipEncoder, DenseFeatures
+from ovseg_cli.errors import OvsegError
 from ovseg_cli.runtime import notify_export
 from ovseg_cli.runtime.onnx_cache import GraphCache, encoder_settings, graph_key
 from ovseg_cli.runtime.onnx_export import export_graph, output_names, verify
 
 log = logging.getLogger("ovseg")
+
+THREADS_ENV = "OVSEG_ONNX_THREADS"
+# idle worker threads spin by default; they then take the cores the reader and writer need
+SPINNING = False
 
 
 def usable_cores() -> int:
@@ -38,7 +43,17 @@ def default_threads(cores: int | None = None) -> int:
     return cores if cores <= 2 else cores - 1
 
 
-def session_options(threads: int) -> Any:
+def onnx_threads() -> int:
+    """Intra-op threads to use: $OVSEG_ONNX_THREADS (to measure other choices) or the rule."""
+    explicit = os.environ.get(THREADS_ENV, "").strip()
+    if not explicit:
+        return default_threads()
+    if not explicit.isdigit() or int(explicit) < 1:
+        raise OvsegError(f"{THREADS_ENV} must be a whole number >= 1, not {explicit!r}")
+    return int(explicit)
+
+
+def session_options(threads: int, spinning: bool = SPINNING) -> Any:
     """Session options: all graph optimisations, ``threads`` intra-op threads, no inter-op pool."""
     import onnxruntime as ort
 
@@ -48,6 +63,7 @@ def session_options(threads: int) -> Any:
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3  # errors only: its warnings about unused initializers are noise
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return opts
 
 
@@ -114,7 +130,7 @@ def load_onnx_encoder(
     import onnxruntime as ort
 
     wanted = normalised_layers(encoder, layers)
-    threads = threads or default_threads()
+    threads = threads or onnx_threads()
     key = graph_key(encoder, arch, wanted)
     cache = GraphCache(Path(cache_dir) if cache_dir is not None else None)
     cached = cache.load(key)
