@@ -37,10 +37,16 @@ def usable_cores() -> int:
 
 
 def default_threads(cores: int | None = None) -> int:
-    """ONNX Runtime's intra-op threads: every usable core but one for the reader and writer
-    threads once there are more than two (see the report in the runtime tests' docstring)."""
+    """ONNX Runtime's intra-op threads: every usable core but one, which the reader and
+    writer threads (decoding, H.264 encoding) and torch's text and fusion steps need.
+
+    Measured on a 2-core machine (ViT-B-16, 224x400, benchmarks/bench_onnx_threads.py and
+    bench_segment.py): 1 thread beat 2 both for the tower alone (1.03 vs 1.26 s a frame)
+    and end to end (0.80-0.84 vs 0.74-0.76 fps); a second pool thread only fought the
+    pipeline's own threads for the cores.
+    """
     cores = usable_cores() if cores is None else cores
-    return cores if cores <= 2 else cores - 1
+    return max(1, cores - 1)
 
 
 def onnx_threads() -> int:
