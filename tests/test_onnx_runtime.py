@@ -189,6 +189,28 @@ def test_stale_keys_are_not_reused(visual, cache_dir, tmp_path, caplog):
     assert "another model" in caplog.text
 
 
+def test_an_upgrade_replaces_its_entries_and_leaves_other_models_alone(tmp_path) -> None:
+    """Entries of the same graph from older code are removed when the new one is written."""
+    cache = GraphCache(tmp_path)
+    base = {"format": 1, "arch": "a", "method": "clearclip", "weights": "w1", "code": "c1"}
+    keys = {
+        "old code": base,
+        "other weights": {**base, "weights": "w2"},
+        "other method": {**base, "method": "sclip"},
+    }
+    for key in keys.values():
+        with cache.writing(key) as tmp:
+            (tmp / MODEL_FILE).write_bytes(b"graph")
+    assert all(cache.load(k) is not None for k in keys.values())
+    with cache.writing({**base, "code": "c2"}) as tmp:
+        (tmp / MODEL_FILE).write_bytes(b"graph")
+    assert cache.load(keys["old code"]) is None
+    assert cache.load(keys["other weights"]) is not None
+    assert cache.load(keys["other method"]) is not None
+    assert cache.load({**base, "code": "c2"}) is not None
+    assert len(list(tmp_path.iterdir())) == 3  # no temporary folder left behind
+
+
 def test_the_key_tells_quick_gelu_from_gelu(visual) -> None:
     """OpenAI's weights run with QuickGELU: same weight shapes, another graph."""
     import open_clip

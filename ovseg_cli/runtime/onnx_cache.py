@@ -16,6 +16,7 @@ differs, or whose files differ in size or hash is reported and exported anew.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import inspect
 import json
@@ -42,7 +43,7 @@ CACHE_ENV = "OVSEG_CACHE_DIR"
 FORMAT = 1  # bump when an entry's layout or the traced wrapper changes meaning
 MODEL_FILE = "model.onnx"
 ENTRY_FILE = "entry.json"
-_LEFTOVER_AGE_S = 3600.0  # temporary folders older than this belong to a process that died
+_LEFTOVER_AGE_S = 6 * 3600.0  # temporary folders this old belong to a process that died
 
 
 def cache_root() -> Path:
@@ -237,6 +238,7 @@ class GraphCache:
             }
             _write_json(tmp / ENTRY_FILE, entry)
             self._commit(tmp, self.root / name)
+            self._remove_superseded(key)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -253,13 +255,40 @@ class GraphCache:
         except OSError:
             log.info("ONNX cache entry %s was written by another process; keeping theirs", final)
 
+    def _remove_superseded(self, key: dict[str, Any]) -> None:
+        """Entries of the same graph from older code or package versions can never be used
+        again by this installation: without this, every upgrade would leave ~300 MB a method."""
+        keep = entry_name(key)
+        prefix = keep.rsplit("-", 1)[0] + "-"
+        for folder in self.root.glob(glob.escape(prefix) + "*"):
+            if folder.name == keep:
+                continue
+            try:
+                other = json.loads((folder / ENTRY_FILE).read_text(encoding="utf-8"))["key"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not a readable entry: not ours to judge
+            if isinstance(other, dict) and _same_graph(other, key):
+                log.info("removing superseded ONNX cache entry %s", folder)
+                shutil.rmtree(folder, ignore_errors=True)
+
     def _remove_leftovers(self) -> None:
-        """Temporary folders of exports that died (older than an hour) are removed."""
+        """Temporary folders of exports that died (hours old) are removed."""
         now = time.time()
         for path in [*self.root.glob(".tmp-*"), *self.root.glob(".old-*")]:
             with contextlib.suppress(OSError):
                 if now - path.stat().st_mtime > _LEFTOVER_AGE_S:
                     shutil.rmtree(path, ignore_errors=True)
+
+
+# what changes with an upgrade of ovseg or its packages, not with the model or the settings
+_VERSIONED = ("code", "versions", "format", "opset")
+
+
+def _same_graph(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two keys describe the same model and settings, whatever the versions."""
+    return {k: v for k, v in a.items() if k not in _VERSIONED} == {
+        k: v for k, v in b.items() if k not in _VERSIONED
+    }
 
 
 class _Damaged(Exception):

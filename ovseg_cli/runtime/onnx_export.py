@@ -1,11 +1,12 @@
 """Export a dense CLIP image tower to ONNX with dynamic batch, height and width, and check it.
 
 The graph is traced through ``DenseClipEncoder.forward`` alone, so every registered dense
-method, present or future, is exported the same way. torch.export (strict, i.e. through
-TorchDynamo) captures it: the legacy TorchScript exporter fails on open_clip's attention
-(the fused ``_native_multi_head_attention``, and with the fast path off it bakes the token
-count into reshapes), and non-strict torch.export cannot hash the symbolic grid the
-encoder's Python caches are keyed by.
+method, present or future, is exported the same way. It is captured by torch's
+torch.export-based exporter (``dynamo=True``): the legacy TorchScript exporter fails on
+open_clip's attention (the fused ``_native_multi_head_attention``, and with the fast path
+off it bakes the token count into reshapes). The exporter tries non-strict torch.export
+first, which cannot hash the symbolic grid the encoder's Python caches are keyed by, then
+strict (TorchDynamo), which traces them.
 
 Those caches (the resized positional embeddings, NACLIP's neighbourhood prior) would also
 bake one grid into the graph if they already held it: tracing sees a constant. So the
