@@ -25,7 +25,8 @@ from ovseg_cli.runtime.onnx_export import export_graph, output_names, verify
 log = logging.getLogger("ovseg")
 
 THREADS_ENV = "OVSEG_ONNX_THREADS"
-# idle worker threads spin by default; they then take the cores the reader and writer need
+# ONNX Runtime's idle pool threads spin by default, taking the cores the reader and writer
+# need: without spinning, 2 threads took 1.10-1.26 s a frame instead of 1.30-1.39 s (2 cores)
 SPINNING = False
 
 
@@ -40,10 +41,12 @@ def default_threads(cores: int | None = None) -> int:
     """ONNX Runtime's intra-op threads: every usable core but one, which the reader and
     writer threads (decoding, H.264 encoding) and torch's text and fusion steps need.
 
-    Measured on a 2-core machine (ViT-B-16, 224x400, benchmarks/bench_onnx_threads.py and
-    bench_segment.py): 1 thread beat 2 both for the tower alone (1.03 vs 1.26 s a frame)
-    and end to end (0.80-0.84 vs 0.74-0.76 fps); a second pool thread only fought the
-    pipeline's own threads for the cores.
+    A pool thread sharing its core with another busy thread holds back every parallel
+    section it is part of. Measured on a shared 2-core VM (ViT-B-16 at 224x400,
+    benchmarks/bench_onnx_threads.py and bench_segment.py, interleaved rounds, noisy): with
+    other work on the cores, 1 thread beat 2 for the tower (medians 0.97-1.03 vs 1.10-1.26 s
+    a frame) and end to end (0.80-0.84 vs 0.74-0.76 fps); only in idle moments did 2 threads
+    reach 0.58 s. $OVSEG_ONNX_THREADS overrides the rule, to measure it elsewhere.
     """
     cores = usable_cores() if cores is None else cores
     return max(1, cores - 1)
