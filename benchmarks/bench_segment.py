@@ -2,6 +2,7 @@
 
     python benchmarks/bench_segment.py [VIDEO] [--frames 24] [--rounds 3] [--clip ViT-B-16]
         [--size N] [--keyframe-interval 4] [--device cpu] [--batch N] [--precision auto]
+        [--runtime auto|torch|onnx] [--versus torch|onnx]
 
 Both numbers come from the same frames, the same model (random weights: speed does not
 depend on them) and the default --size:
@@ -12,14 +13,18 @@ depend on them) and the default --size:
 - backbone only: the dense image encoder alone on the already decoded and resized frames,
   ``--batch`` frames a pass;
 - with keyframes: ``run_segment`` on the same frames with ``--keyframe-interval K`` (the
-  model on every Kth frame, optical flow for the rest), end to end.
+  model on every Kth frame, optical flow for the rest), end to end;
+- with ``--versus R``: the every-frame run again with the image encoder on runtime R, so
+  ``runtime_speedup`` = end-to-end fps with ``--runtime`` / with R (e.g. ``--runtime onnx
+  --versus torch``: what ONNX Runtime gains over PyTorch).
 
 The three are measured one after the other in each of ``--rounds`` rounds. ``ratio``
 compares the every-frame run (K=1) with the backbone and ``keyframe_speedup`` the keyframe
 run with the every-frame run, each within a round (this machine's speed drifts by tens of
 percent over minutes); the medians over the rounds are reported. The last line is JSON: {"e2e_fps": ...,
 "backbone_fps": ..., "ratio": ..., "keyframe_interval": K, "e2e_fps_keyframes": ...,
-"keyframe_speedup": ...} (the last three only when K > 1).
+"keyframe_speedup": ...} (the last three only when K > 1), with "runtime": ..., "versus": ...,
+"e2e_fps_versus": ..., "runtime_speedup": ... under ``--versus``.
 """
 
 from __future__ import annotations
@@ -90,7 +95,7 @@ def main() -> None:
     parser.add_argument("video", nargs="?", type=Path, default=None)
     parser.add_argument("--frames", type=int, default=24, help="frames to segment per run")
     parser.add_argument("--clip", default="ViT-B-16")
-    parser.add_argument("--size", type=int, default=None, help="default: the CLIP's native size")
+    parser.add_argument("--size", type=int, default=None, help="default: ovseg's default size")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto", help="auto, fp32, fp16 or bf16")
     parser.add_argument("--batch", type=int, default=None, help="default: 8 on CUDA, else 1")
@@ -98,6 +103,8 @@ def main() -> None:
         "--keyframe-interval", type=int, default=4, help="K of the keyframe run (1: skip it)"
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds")
+    parser.add_argument("--runtime", default="auto", help="auto, torch or onnx (image encoder)")
+    parser.add_argument("--versus", default=None, help="also time the K=1 run on this runtime")
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # the random-weights warning is expected here
 
@@ -116,21 +123,23 @@ def main() -> None:
         end = (args.frames - 0.5) / float(info.average_rate)  # exactly --frames frames
         cfg = SegmentConfig(
             clip=args.clip, pretrained="none", size=args.size, end=end, masks=True,
-            device=args.device, precision=args.precision, batch=args.batch,
+            device=args.device, precision=args.precision, batch=args.batch, runtime=args.runtime,
         )  # fmt: skip
         model = load_model(cfg)
+        other = load_model(replace(cfg, runtime=args.versus)) if args.versus else None
         batch = args.batch or default_batch(model.device)
         with VideoReader(video, end=end) as reader:
             images = [model.prepare(f.rgb) for f in reader]
         print(f"video: {video} ({info.width}x{info.height}, {len(images)} frames)")
         print(
-            f"model: {args.clip} random weights, input {tuple(images[0].shape[-2:])}, "
-            f"{model.device}, {model.precision}, batch {batch}"
+            f"model: {args.clip} random weights ({model.describe()['dense_method']}), input "
+            f"{tuple(images[0].shape[-2:])}, {model.device}, {model.precision}, batch {batch}, "
+            f"runtime {model.runtime}" + (f" versus {other.runtime}" if other else "")
         )
 
         classes = parse_classes(CLASSES)
         k = args.keyframe_interval
-        cfg_k = replace(cfg, keyframe_interval=str(k))
+        cfg_k = replace(cfg, keyframe_interval=k)
         rows = []
         # Rounds interleave the three measurements, and each ratio is taken within a round:
         # this machine's speed drifts by tens of percent over minutes, within a round far less.
@@ -138,6 +147,9 @@ def main() -> None:
             row = {"backbone": backbone_fps(model, images, batch)}
             run = run_segment(video, classes, cfg, out=Path(tmp) / f"every{r}", model=model)
             row["e2e"] = run.fps
+            if other is not None:
+                versus = run_segment(video, classes, cfg, out=Path(tmp) / f"vs{r}", model=other)
+                row["versus"] = versus.fps
             if k > 1:  # 1: only the every-frame run
                 keyed = run_segment(video, classes, cfg_k, out=Path(tmp) / f"key{r}", model=model)
                 row["keyframes"] = keyed.fps
@@ -146,6 +158,8 @@ def main() -> None:
             line = f"round {r + 1}: backbone {row['backbone']:.3f} fps, end to end {row['e2e']:.3f} fps"
             if k > 1:
                 line += f", K={k} {row['keyframes']:.3f} fps ({row['share']:.0%} keyframes)"
+            if other is not None:
+                line += f", {other.runtime} {row['versus']:.3f} fps"
             print(line, flush=True)
 
     def median(key: str) -> float:
@@ -158,6 +172,11 @@ def main() -> None:
         speedup = statistics.median(row["keyframes"] / row["e2e"] for row in rows)
         result.update(keyframe_interval=k, e2e_fps_keyframes=round(median("keyframes"), 4),
                       keyframe_speedup=round(speedup, 4))  # fmt: skip
+    if other is not None:
+        speedup = statistics.median(row["e2e"] / row["versus"] for row in rows)
+        result.update(runtime=model.runtime, versus=other.runtime,
+                      e2e_fps_versus=round(median("versus"), 4),
+                      runtime_speedup=round(speedup, 4))  # fmt: skip
     print("medians over rounds (ratios taken within each round):")
     print(json.dumps(result))
 

@@ -25,11 +25,9 @@ T = TypeVar("T")
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # auto: bf16/fp16 autocast on GPUs, fp32 on CPUs
 TEMPLATES = tuple(TEMPLATE_SETS)
-CLASS_SPLITS = ("unseen", "seen", "all")
-REFINEMENTS = (
-    "none",
-    "pamr",
-)  # what may refine class scores before the best class is taken  # which classes an evaluation gives the model (IV-C)
+CLASS_SPLITS = ("unseen", "seen", "all")  # which classes an evaluation gives the model (IV-C)
+REFINEMENTS = ("none", "pamr")  # what may refine class scores before the best class is taken
+RUNTIMES = ("auto", "torch", "onnx")  # where CLIP's image encoder runs (ovseg_cli.runtime)
 AUTO = "auto"  # keyframe_interval: keyframes chosen by how well the warp still matches
 # setting values that changed meaning: refused with the new names, never silently rerouted
 RENAMED_CHOICES = {
@@ -101,15 +99,16 @@ class SegmentConfig:
         "segmentation is training-free.",
     )
     dense_method: str = setting(
-        "clearclip",
-        "Training-free change to CLIP's last block that makes its patch features dense "
-        "(a checkpoint uses its own).",
+        "scclip",
+        "Training-free method that makes CLIP's patch features dense (the default: the best "
+        "published, see the README; a checkpoint uses its own).",
         choices=DENSE_METHOD_NAMES,
     )
     size: int | None = setting(
         None,
-        "Short side in pixels of the image the model sees (default: the CLIP's native size, "
-        "or the checkpoint's).",
+        "Short side in pixels of the image the model sees (default: 1.5 times the CLIP's "
+        "native size, 336 for ViT-B-16, chosen by the resolution table in the README; or the "
+        "checkpoint's).",
     )
     window: int | None = setting(
         None,
@@ -125,7 +124,12 @@ class SegmentConfig:
         "refinement on the frame, as NACLIP's default; costs time per frame).",
         choices=REFINEMENTS,
     )
-    templates: str = setting("vild", "Prompt-template ensemble.", choices=TEMPLATES)
+    templates: str = setting(
+        "imagenet",
+        "Prompt-template ensemble (imagenet: OpenAI's 80, what the training-free methods were "
+        "evaluated with; vild: 14; single: 1).",
+        choices=TEMPLATES,
+    )
     temporal: bool = setting(True, "Fuse each frame's features with a bounded history.")
     temporal_strength: float = setting(
         0.5, "Weight of the history in the fused features (0 = off, 1 = history only)."
@@ -162,6 +166,13 @@ class SegmentConfig:
     end: float | None = setting(None, "End of the range to segment, in seconds (exclusive).")
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps.")
     precision: str = setting("auto", "Compute precision (autocast on GPU).", choices=PRECISIONS)
+    runtime: str = setting(
+        "auto",
+        "Where CLIP's image encoder runs: torch, or onnx (ONNX Runtime, CPU, fp32; exported "
+        "once per model into the cache folder; pip install 'ovseg[onnx]'); auto: onnx on a "
+        "CPU when ONNX Runtime is installed, else torch.",
+        choices=RUNTIMES,
+    )
     batch: int | None = setting(
         None, "Keyframes per image-encoder pass (default: 8 on CUDA, 1 otherwise)."
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -36,10 +37,23 @@ def shared_file(*parts: str) -> Path:
     return shared_path("data", *parts)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Exported ONNX graphs go to a folder of this test session, never the user's cache:
+    each (method, blocks) of the tiny CLIP is exported once per session, then reused."""
+    folder = tmp_path_factory.mktemp("ovseg-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OVSEG_CACHE_DIR", str(folder))  # inherited by CLI subprocesses too
+        yield folder
+
+
 @pytest.fixture(autouse=True)
 def _offline_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test may reach a model hub: these machines have none."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # `auto` means torch here, so most tests need no ONNX export (tens of seconds each on a
+    # small CPU); tests/test_onnx_runtime.py and test_runtime_choice.py ask for ONNX themselves
+    monkeypatch.setenv("OVSEG_RUNTIME", "torch")
     logging.getLogger("ovseg").setLevel(logging.ERROR)  # random-weight warnings are expected
 
 
@@ -59,7 +73,12 @@ def tiny_model(tiny_weights: Path):
     from ovseg_cli.config import SegmentConfig
     from ovseg_cli.segment.protocol import load_model
 
-    return load_model(SegmentConfig(clip="ovseg-tiny", pretrained=str(tiny_weights), device="cpu"))
+    # the native 64 px (not the default 1.5x) and ClearCLIP: small and quick, as tests need
+    cfg = SegmentConfig(
+        clip="ovseg-tiny", pretrained=str(tiny_weights), device="cpu", size=64,
+        dense_method="clearclip", templates="vild",
+    )  # fmt: skip
+    return load_model(cfg)
 
 
 @pytest.fixture(scope="session")

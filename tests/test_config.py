@@ -17,6 +17,8 @@ def test_defaults_follow_the_paper() -> None:
     assert cfg.clip is None and cfg.pretrained is None  # ViT-B-16/openai, or the checkpoint's
     assert (DEFAULT_CLIP, DEFAULT_PRETRAINED) == ("ViT-B-16", "openai")
     assert cfg.temporal and cfg.overlay and not cfg.masks and cfg.checkpoint is None
+    # the best CLIP-only method by published numbers, with the references' templates
+    assert (cfg.dense_method, cfg.templates) == ("scclip", "imagenet")
 
 
 def test_yaml_then_overrides(tmp_path: Path) -> None:

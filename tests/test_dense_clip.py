@@ -129,6 +129,7 @@ def test_to_model_input_normalises() -> None:
 @pytest.mark.parametrize("plus", [0.0, 0.1])
 def test_bicubic_matrix_is_torch_bicubic(n_in: int, n_out: int, plus: float) -> None:
     from ovseg_cli.clip.dense import bicubic_matrix
+    from ovseg_cli.clip.dense_methods import POS_SCALE, POS_SIZE
 
     scale = (n_out + plus) / n_in  # the references' (g + 0.1) / n, or by size
     x = torch.randn(3, n_in, n_in)
@@ -136,10 +137,19 @@ def test_bicubic_matrix_is_torch_bicubic(n_in: int, n_out: int, plus: float) -> 
         x[None], scale_factor=scale, mode="bicubic", align_corners=False,
         recompute_scale_factor=False,
     )[0]  # fmt: skip
-    w = bicubic_matrix(n_in, n_out, scale)
+    w = bicubic_matrix(n_in, n_out, POS_SCALE if plus else POS_SIZE)
     assert ref.shape[-1] == n_out
     # aten's float32 coefficients differ by rounding (fused multiply-adds) only
     torch.testing.assert_close(w @ x @ w.T, ref, atol=1e-5, rtol=0)
+
+
+def test_bicubic_matrix_is_the_identity_at_the_native_size() -> None:
+    """The references use the table as it is at the native grid: exactly, not to rounding."""
+    from ovseg_cli.clip.dense import bicubic_matrix
+    from ovseg_cli.clip.dense_methods import POS_SCALE, POS_SIZE
+
+    for resize in (POS_SCALE, POS_SIZE):
+        assert torch.equal(bicubic_matrix(14, 14, resize), torch.eye(14))
 
 
 def test_positional_embedding_resize_follows_the_method(visual) -> None:
@@ -189,29 +199,3 @@ def test_slide_logits_in_groups_of_windows(visual) -> None:
     first = torch.einsum("ne,behw->bnhw", text, enc(x[..., :64]).embeddings)
     first = F.interpolate(first, size=(64, 64), mode="bilinear", align_corners=False)
     torch.testing.assert_close(whole[..., :32], first[..., :32])
-
-
-# an export is for one input size: shapes turned into constants are expected
-@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
-@pytest.mark.parametrize("method", sorted(DENSE_METHODS))
-def test_every_method_exports_to_onnx(visual, method: str, tmp_path) -> None:
-    """The legacy TorchScript exporter (dynamo=False, opset 17), checked with onnxruntime."""
-    ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnx")
-
-    class Embeddings(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.enc = DenseClipEncoder(visual, method)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.enc(x).embeddings
-
-    model = Embeddings().eval()
-    x = torch.randn(1, 3, 48, 72)
-    path = tmp_path / f"{method}.onnx"
-    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17)
-    session = ort.InferenceSession(str(path))
-    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-    with torch.no_grad():
-        torch.testing.assert_close(torch.from_numpy(out), model(x), atol=1e-5, rtol=0)

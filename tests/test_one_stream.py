@@ -48,6 +48,7 @@ def _eval(prepared: Path, out: Path, weights: Path, *extra: str) -> dict:
     res = runner.invoke(
         app, ["eval", "--data", str(prepared), "--split", "all", "--data-split", "train",
               "--clip", "ovseg-tiny", "--pretrained", str(weights), "--size", "64", "--masks",
+              "--dense-method", "clearclip", "--templates", "vild",  # as the tiny_model fixture
               "--vc", "2,3", "-o", str(out), "-q", *extra],
     )  # fmt: skip
     assert res.exit_code == 0, res.output

@@ -53,7 +53,13 @@ def test_temporal_fusion_changes_results_and_can_be_turned_off(
 ) -> None:
     from ovseg_cli.segment.training_free import TrainingFreeSegmenter
 
-    plain = TrainingFreeSegmenter(tiny_model.clip, fusion=None)
+    plain = TrainingFreeSegmenter(
+        tiny_model.clip,
+        fusion=None,
+        size=tiny_model.size,
+        dense_method="clearclip",
+        templates="vild",
+    )  # the fixture's model without its temporal fusion
     fused = [r.logits for r in segment_video(small_video, "a,b,c", model=tiny_model)]
     static = [r.logits for r in segment_video(small_video, "a,b,c", model=plain)]
     torch.testing.assert_close(fused[0], static[0])  # the first frame has no history

@@ -76,7 +76,7 @@ def test_segment_writes_overlay_masks_and_meta(
     assert [c["name"] for c in meta["classes"]] == ["road", "sky", "horse"]
     assert meta["model"]["clip"] == "ovseg-tiny" and meta["model"]["weights"] == str(tiny_weights)
     assert meta["model"]["temporal_fusion"]["history"] == 2
-    assert len(meta["prompt_templates"]) == 14 and meta["timings"]["fps"] > 0
+    assert len(meta["prompt_templates"]) == 80 and meta["timings"]["fps"] > 0  # the default
     assert "pretrained: " in (out / "config.yaml").read_text()
     assert _no_partials(tmp_path)
 

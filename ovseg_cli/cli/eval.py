@@ -59,7 +59,7 @@ def eval_command(
         run = run_eval(
             data, eval_cfg, seg_cfg, out=out, overwrite=overwrite,
             inputs=[config] if config is not None else [],
-            on_start=progress.start, on_frame=progress.advance,
+            on_start=progress.start, on_frame=progress.advance, on_status=progress.status,
         )  # fmt: skip
     finally:
         progress.stop()

@@ -19,7 +19,7 @@ from ovseg_cli.config import default_text, help_text
 MODEL_OPTIONS = (
     "clip", "pretrained", "checkpoint", "dense_method", "templates", "window", "stride", "refine",
     "temporal",
-    "temporal_strength", "temporal_history", "device", "precision",
+    "temporal_strength", "temporal_history", "device", "precision", "runtime",
 )  # fmt: skip
 STREAM_OPTIONS = (
     "keyframe_interval", "max_interval", "bidirectional", "batch", "shot_threshold", "threshold",

@@ -59,6 +59,13 @@ class Progress:
         text = f"{rate:.2f}/s" + (f", {note}" if note else "")
         self.bar.update(self.task, completed=done, note=text)
 
+    def status(self, text: str) -> None:
+        """Say what is happening before the bar starts (an ONNX export), or in its note."""
+        if self.task is not None:
+            self.bar.update(self.task, note=text)
+        elif self.enabled:
+            console().print(f"[dim]{text}[/]", soft_wrap=True)
+
     def note(self, text: str) -> None:
         """Say what is happening now (e.g. an export before the first frame)."""
         if self.task is not None:

@@ -59,6 +59,7 @@ def segment_command(
             video, specs, cfg, out=out, overwrite=overwrite,
             inputs=[p for p in (classes_file, config) if p is not None],
             on_start=lambda info, total: progress.start(total), on_frame=on_frame,
+            on_status=progress.status,
         )  # fmt: skip
     finally:
         progress.stop()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,6 @@ from ovseg_cli.clip.dense_methods import (
     POS_SIZE,
     DenseMethod,
     layer_norm,
-    native_grid_scale,
     neighbourhood_prior,
     register_dense_method,
 )
@@ -102,27 +102,31 @@ class DenseClipEncoder(nn.Module):
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
 
     def positional_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
-        """Positional embeddings for a patch grid, bicubically interpolated from the native one."""
+        """Positional embeddings for a patch grid, bicubically interpolated from the native one.
+
+        At the native grid the references use the table as it is; the resize matrices are
+        then exactly the identity, so one computation serves every size, also in a graph
+        exported with symbolic sizes (no branch, no cache keyed by the size there).
+        """
         pos = self.visual.positional_embedding
-        if grid == self.native_grid:
-            return pos
-        cached = self._pos_cache.get(grid)
+        tracing = is_tracing()
+        if not tracing and tuple(grid) == self.native_grid:
+            return pos  # what the matrices below give exactly, without the work
+        cached = None if tracing else self._pos_cache.get(grid)
         if cached is None or cached.device != pos.device:
             nh, nw = self.native_grid
-            if self.pos_resize == POS_SCALE:
-                # NACLIP clip/model.py:134, SCLIP :263, SC-CLIP :375, ClearCLIP transformer.py:569
-                scales = (native_grid_scale(nh, grid[0]), native_grid_scale(nw, grid[1]))
-            else:  # MaskCLIP mmseg/models/backbones/vit.py:383: by size
-                scales = (grid[0] / nh, grid[1] / nw)
-            wy = bicubic_matrix(nh, grid[0], scales[0]).to(pos.device)
-            wx = bicubic_matrix(nw, grid[1], scales[1]).to(pos.device)
+            # the references skip the resize for the native grid only, not for one native side
+            native = (_size(grid[0], pos.device) == nh) & (_size(grid[1], pos.device) == nw)
+            wy = bicubic_matrix(nh, grid[0], self.pos_resize, pos.device, native)
+            wx = bicubic_matrix(nw, grid[1], self.pos_resize, pos.device, native)
             patches = pos[1:].float().reshape(nh, nw, -1)
             # F.interpolate(mode="bicubic", align_corners=False) as two matrix products, which
             # trace to ONNX (aten's bicubic with a scale factor does not)
             patches = torch.einsum("yr,rcd,xc->yxd", wy, patches, wx)
-            patches = patches.reshape(grid[0] * grid[1], -1).to(pos.dtype)
+            patches = patches.reshape(-1, patches.shape[-1]).to(pos.dtype)
             cached = torch.cat([pos[:1], patches])
-            self._pos_cache = {grid: cached}  # one size per video: keep one entry
+            if not tracing:
+                self._pos_cache = {grid: cached}  # one size per video: keep one entry
         return cached
 
     def _block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -168,34 +172,53 @@ class DenseClipEncoder(nn.Module):
         return self(images).embeddings
 
 
-def bicubic_matrix(n_in: int, n_out: int, scale: float) -> torch.Tensor:
-    """(n_out, n_in) weights of PyTorch's 1-D bicubic resampling at a scale factor.
+def is_tracing() -> bool:
+    """True while torch.export or torch.compile traces (sizes may be symbolic there)."""
+    return torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
 
-    Row i holds aten's cubic-convolution coefficients (A = -0.75) at the source position
-    (i + 0.5) / scale - 0.5, computed in float32 as aten does, indices clamped at the border
-    (align_corners=False): ``W @ x`` is ``F.interpolate(x, scale_factor=scale, mode="bicubic")``
-    along that axis, to float rounding.
+
+def _size(n: Any, device: Any = None) -> torch.Tensor:
+    """A size (perhaps symbolic while tracing) as a float64 tensor, from tensor ops only."""
+    return torch.ones(n, dtype=torch.float64, device=device).sum()
+
+
+def bicubic_matrix(
+    n_in: int, n_out: Any, resize: str, device: Any = None, identity: Any = None
+) -> torch.Tensor:
+    """(n_out, n_in) weights of PyTorch's 1-D bicubic resampling from n_in to n_out samples.
+
+    ``resize`` is how the reference picks the scale: POS_SCALE, the references' (g + 0.1) / n
+    (NACLIP clip/model.py:134, SCLIP :263, SC-CLIP :375, ClearCLIP transformer.py:569), or
+    POS_SIZE, n_out / n_in (the original MaskCLIP, vit.py:383). Row i holds aten's
+    cubic-convolution coefficients (A = -0.75) at the source position (i + 0.5) / scale -
+    0.5, in float32 as aten computes them, indices clamped at the border (align_corners=False):
+    ``W @ x`` is ``F.interpolate(x, scale_factor=scale, mode="bicubic")`` along that axis, to
+    float rounding. Where ``identity`` (a bool tensor; default: n_out == n_in) holds, the
+    weights are exactly the identity (the references skip the resize at the native grid).
+    Tensor operations only: ``n_out`` may be a symbolic size.
     """
-    f = np.float32
-    a = f(-0.75)
-    inv = f(1.0 / scale)  # aten compute_scales_value: 1 / scale in double, then float
-    src = inv * (np.arange(n_out, dtype=f) + f(0.5)) - f(0.5)
-    base = np.minimum(np.floor(src).astype(np.int64), n_in - 1)  # guard_index_and_lambda
-    t = np.clip(src - base.astype(f), f(0), f(1))
+    idx = torch.arange(n_out, device=device)
+    g = _size(n_out, device)
+    scale = (g + 0.1) / n_in if resize == POS_SCALE else g / n_in
+    keep = g == n_in if identity is None else identity
+    inv = torch.where(keep, 1.0, 1.0 / scale).float()  # 1 / scale in double, then float
+    src = inv * (idx.float() + 0.5) - 0.5
+    base = torch.clamp(torch.floor(src), max=n_in - 1)  # guard_index_and_lambda
+    t = torch.clamp(src - base, 0.0, 1.0)
+    a = -0.75
 
-    def near(x: np.ndarray) -> np.ndarray:  # |x| <= 1
-        return ((a + f(2)) * x - (a + f(3))) * x * x + f(1)
+    def near(x: torch.Tensor) -> torch.Tensor:  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
 
-    def far(x: np.ndarray) -> np.ndarray:  # 1 < |x| < 2
-        return ((a * x - f(5) * a) * x + f(8) * a) * x - f(4) * a
+    def far(x: torch.Tensor) -> torch.Tensor:  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
 
-    one = f(1)
-    taps = (far(t + one), near(t), near(one - t), far(one - t + one))
-    weights = np.zeros((n_out, n_in), dtype=f)
+    taps = (far(t + 1), near(t), near(1 - t), far(2 - t))
+    weights = torch.zeros(idx.shape[0], n_in, device=device)
     for k, w in enumerate(taps):  # taps at base-1 .. base+2, clamped to the border
-        idx = np.clip(base - 1 + k, 0, n_in - 1)
-        np.add.at(weights, (np.arange(n_out), idx), w)
-    return torch.from_numpy(weights)
+        col = torch.clamp(base.long() - 1 + k, 0, n_in - 1)
+        weights = weights.scatter_add(1, col[:, None], w[:, None])
+    return weights
 
 
 def model_input_size(height: int, width: int, short_side: int, patch: int) -> tuple[int, int]:

@@ -147,19 +147,23 @@ def neighbourhood_prior(
     grid: tuple[int, int], device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
     """NACLIP's additive attention prior exp(-d^2 / 2 std^2) between patches; zero for the class token."""
-    key = (*grid, str(device), dtype)
-    if key not in _neighbourhood_cache:
-        gh, gw = grid
-        ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
-        pos = torch.stack([ys.flatten(), xs.flatten()], 1).float()
-        # NACLIP clip/model.py:154-168 (gaussian_window, get_attention_addition)
-        d2 = (pos[:, None, :] - pos[None, :, :]).square().sum(-1)
-        full = torch.zeros(gh * gw + 1, gh * gw + 1)
-        full[1:, 1:] = torch.exp(-d2 / (2 * NACLIP_STD**2))
+    tracing = torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+    key = None if tracing else (*grid, str(device), dtype)  # sizes may be symbolic when tracing
+    if key is not None and key in _neighbourhood_cache:
+        return _neighbourhood_cache[key]
+    gh, gw = grid
+    ys, xs = torch.meshgrid(
+        torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij"
+    )
+    pos = torch.stack([ys.flatten(), xs.flatten()], 1).float()
+    # NACLIP clip/model.py:154-168 (gaussian_window, get_attention_addition)
+    d2 = (pos[:, None, :] - pos[None, :, :]).square().sum(-1)
+    prior = F.pad(torch.exp(-d2 / (2 * NACLIP_STD**2)), (1, 0, 1, 0)).to(dtype)  # cls row/col 0
+    if key is not None:
         if len(_neighbourhood_cache) > 4:  # a video has one or two grids: keep the cache bounded
             _neighbourhood_cache.clear()
-        _neighbourhood_cache[key] = full.to(device=device, dtype=dtype)
-    return _neighbourhood_cache[key]
+        _neighbourhood_cache[key] = prior
+    return prior
 
 
 @register_dense_method("naclip")

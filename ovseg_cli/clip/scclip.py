@@ -16,7 +16,6 @@ quantile, cosine < 0.4) are decisions that half precision would move.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -57,14 +56,34 @@ def layer_indices(depth: int) -> tuple[int, int, int, int]:
 def _quantile(x: torch.Tensor, q: float) -> torch.Tensor:
     """torch.quantile(x, q, dim=-1, keepdim=True) with linear interpolation, by sorting.
 
-    Written out because aten::quantile has no ONNX export; same ranks and lerp as torch.
+    Written out because aten::quantile has no ONNX export; same ranks and lerp as torch,
+    computed with tensor operations so the length may be symbolic in an exported graph.
     """
-    n = x.shape[-1]
+    n = torch.ones(x.shape[-1], dtype=torch.float64, device=x.device).sum()
     rank = q * (n - 1)
-    lo = math.floor(rank)
-    hi = min(lo + 1, n - 1)
+    lo = torch.floor(rank)
+    hi = torch.minimum(lo + 1, n - 1)
     s = x.sort(dim=-1).values
-    return torch.lerp(s[..., lo : lo + 1], s[..., hi : hi + 1], rank - lo)
+
+    def at(i: torch.Tensor) -> torch.Tensor:
+        return s.gather(-1, i.long().expand(*s.shape[:-1], 1))
+
+    return torch.lerp(at(lo), at(hi), (rank - lo).to(s.dtype))
+
+
+def squared_distances(x: torch.Tensor) -> torch.Tensor:
+    """(B, L, L) squared Euclidean distances of (B, L, C) tokens, as exact as differences.
+
+    CLIP's residual stream has large components shared by all tokens: |a|^2 + |b|^2 - 2ab in
+    float32 would cancel them badly and move the k-NN sets. Centred and in float64 it is
+    exact to float32 rounding, and it is matrix products (aten's exact cdist has no ONNX
+    export); the diagonal is set to exactly 0.
+    """
+    c = x.double() - x.double().mean(dim=1, keepdim=True)  # distances ignore a shift
+    n = c.square().sum(dim=-1)
+    d = (n[:, :, None] + n[:, None, :] - 2 * c @ c.transpose(1, 2)).clamp(min=0)
+    eye = torch.eye(x.shape[1], dtype=torch.bool, device=x.device)
+    return d.masked_fill(eye, 0).float()
 
 
 def lof_outliers(
@@ -79,10 +98,8 @@ def lof_outliers(
     LOF_i = mean over j in kNN(i) of d_k(i) / d_k(j).
     """
     x = tokens.float()
-    # exact differences, not |a|^2 + |b|^2 - 2ab: CLIP's residual stream has large shared
-    # components, and cancellation there would move the k-NN sets
-    d = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist").square()
-    k = min(n_neighbors, x.shape[1] - 1)
+    d = squared_distances(x)
+    k = torch.sym_min(n_neighbors, x.shape[1] - 1)  # symbolic in an exported graph
     knn_d, knn_i = d.topk(k + 1, dim=-1, largest=False)
     knn_d, knn_i = knn_d[..., 1:], knn_i[..., 1:]  # drop self (distance 0)
     reach = torch.maximum(knn_d, knn_d[..., -1:])

@@ -122,6 +122,7 @@ def run_eval(
     inputs: Sequence[str | Path] = (),
     model: Any = None,
     on_start: Callable[[int], None] | None = None,
+    on_status: Callable[[str], None] | None = None,
     on_frame: Callable[[], None] | None = None,
 ) -> EvalRun:
     """Evaluate and write the report folder (``inputs``: more files the run reads)."""
@@ -139,9 +140,11 @@ def run_eval(
     try:
         folder = OutputFolder(final, "eval", overwrite=overwrite, inputs=inputs)
         from ovseg_cli.evaluation.protocol import evaluate
+        from ovseg_cli.runtime import export_listener
         from ovseg_cli.segment.protocol import load_model
 
-        model = model or load_model(seg)
+        with export_listener(on_status or (lambda message: None)):  # an ONNX export says so
+            model = model or load_model(seg)
         if on_start is not None:
             videos = index.videos_in(cfg.data_split)[: cfg.limit_videos]
             count = (lambda v: len(v.frames)) if cfg.unlabelled else (lambda v: len(v.labelled))

@@ -27,6 +27,7 @@ from ovseg_cli.config import to_dict
 from ovseg_cli.devices import autocast
 from ovseg_cli.model.backbone import FrameFeatures
 from ovseg_cli.model.ov2vss import OV2VSS
+from ovseg_cli.runtime import runtime_info
 from ovseg_cli.segment.protocol import StepsInBatches
 
 
@@ -85,6 +86,7 @@ class OV2VSSSegmenter(StepsInBatches):
         precision: str = "fp32",
         checkpoint: str | None = None,
         meta: dict[str, Any] | None = None,
+        runtime: str = "torch",
     ) -> None:
         self.model = model.to(device).eval()
         self.clip = clip
@@ -95,6 +97,7 @@ class OV2VSSSegmenter(StepsInBatches):
         self.checkpoint = checkpoint
         self.meta = meta or {}
         self.window = None
+        self.runtime = runtime  # where the frozen CLIP runs; set by load_model
 
     def encode_vocabulary(self, classes: Sequence[ClassSpec]) -> Vocabulary:
         """Text embeddings of the classes with the templates the model was trained with."""
@@ -166,6 +169,7 @@ class OV2VSSSegmenter(StepsInBatches):
             "model_config": to_dict(self.cfg),
             "device": str(self.device),
             "precision": self.precision,
+            **runtime_info(self.runtime, self.model.encoder.clip),
         }
 
 

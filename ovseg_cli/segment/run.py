@@ -92,6 +92,7 @@ def run_segment(
     inputs: Sequence[str | Path] = (),
     model: Any = None,
     on_start: Callable[[VideoInfo, int | None], None] | None = None,
+    on_status: Callable[[str], None] | None = None,
     on_frame: Callable[[Any], None] | None = None,
 ) -> SegmentRun:
     """Segment ``video`` and write the output folder; nothing is left behind on failure.
@@ -115,6 +116,7 @@ def run_segment(
     reader = VideoReader(video, start=config.start, end=config.end)
     info = reader.info
 
+    from ovseg_cli.runtime import export_listener
     from ovseg_cli.segment.protocol import load_model
     from ovseg_cli.segment.stream import SegmentationStream, StreamSettings
     from ovseg_cli.threads import BackgroundWorker
@@ -133,7 +135,8 @@ def run_segment(
             inputs=[*run_inputs(video, config), *inputs],
         )  # fmt: skip
         t0 = time.perf_counter()
-        model = model or load_model(config)
+        with export_listener(on_status or (lambda message: None)):  # an ONNX export says so
+            model = model or load_model(config)
         vocabulary = model.encode_vocabulary(classes)
         load_seconds = time.perf_counter() - t0
         names, colors = vocabulary.names, vocabulary.colors
