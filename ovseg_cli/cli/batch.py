@@ -3,6 +3,7 @@ exit code 1 when a video failed. The work is ``ovseg_cli.segment.batch``'s."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -44,11 +45,13 @@ class BatchProgress:
         self.finished = 0
         self.base = 0  # frames of finished videos
         self.running: dict[BatchItem, int] = {}
+        self.t0: float | None = None  # when the first video started (the model is loaded)
         self.bar = Progress("segment", enabled=not quiet)
 
     def frames(self, item: BatchItem, count: int) -> None:
         """``item`` has done ``count`` frames so far."""
-        if self.bar.task is None:  # from the first video on: the rate leaves model loading out
+        if self.t0 is None:  # from the first video on: the rate leaves model loading out
+            self.t0 = time.perf_counter()
             self.bar.start(self.total, items=True)
         self.running[item] = count
         self.bar.update(self.base + sum(self.running.values()))
@@ -98,9 +101,8 @@ def segment_batch(
     if not plan.todo:
         done(f"nothing to do: all {len(results)} videos are complete with these settings in {where}", quiet)  # fmt: skip
     else:
-        ran = [r for r in results if r.status != "skipped"]
-        frames = sum(r.frames for r in ran)
-        seconds = sum(r.seconds for r in ran)
+        frames = sum(r.frames for r in results if r.status != "skipped")
+        seconds = time.perf_counter() - progress.t0 if progress.t0 is not None else 0.0
         counts = ", ".join(f"{_count(results, s)} {s}" for s in ("done", "failed", "skipped"))
         rate = f"{frames / seconds:.2f} fps" if seconds > 0 else "-"
         done(f"{counts}: {frames} frames in {seconds:.1f} s ({rate}) -> {where}", quiet)

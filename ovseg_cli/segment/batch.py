@@ -179,7 +179,7 @@ def plan_batch(
     if out is None or not str(out).strip():
         raise OvsegError("several videos need --out DIR, the folder that holds one per video")
     seen_classes = check_outputs(classes, config)
-    videos = expand_inputs([str(i) for i in inputs], out)
+    videos = expand_inputs([str(i) for i in inputs])
     names = output_names(videos)
     weights = run_inputs(videos[0], config)[1:]
     root = check_batch_root(out, [*videos, *weights, *extra_inputs])
@@ -337,13 +337,16 @@ def segment_videos(
     model: Segmenter | None = None,
     engine: str = "local",
     on_progress: Progress | None = None,
+    ray_address: str | None = None,
+    cpus_per_worker: int | None = None,
     **overrides: Any,
 ) -> Iterator[VideoResult]:
     """Segment many videos (files, folders, globs, @lists) into one folder each under ``out``.
 
     Iterate the result for one ``VideoResult`` per video. The inputs and ``out`` are checked
     at once (OvsegError); the model is loaded once, on the first iteration, or pass one
-    from ``load_model``. ``overrides`` are settings of ``SegmentConfig``.
+    from ``load_model``. ``engine="ray"`` runs the videos on Ray workers instead
+    (``ray_engine``). ``overrides`` are settings of ``SegmentConfig``.
     """
     cfg = config or SegmentConfig()
     if overrides:
@@ -352,4 +355,7 @@ def segment_videos(
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     extra = [classes_file] if classes_file is not None else []
     plan = plan_batch(items, specs, cfg, out=out, overwrite=overwrite, extra_inputs=extra)
-    return run_batch(plan, engine=engine, model=model, on_progress=on_progress)
+    return run_batch(
+        plan, engine=engine, model=model, on_progress=on_progress, ray_address=ray_address,
+        cpus_per_worker=cpus_per_worker,
+    )  # fmt: skip

@@ -54,24 +54,20 @@ def is_video_file(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
-def _search(folder: Path, skip: Path | None) -> Iterator[Path]:
+def _search(folder: Path) -> Iterator[Path]:
     """Video files under ``folder``, sorted, leaving out hidden folders and ovseg's outputs."""
     for top, dirs, files in os.walk(folder):
         here = Path(top)
-        # an ovseg output holds overlay.mp4: never an input (nor --out, nor partial folders)
+        # an ovseg output (a batch's --out too) holds overlay.mp4 files: never inputs
         dirs[:] = sorted(
-            d for d in dirs
-            if not d.startswith(".") and not (here / d / MARKER).exists()
-            and (skip is None or os.path.realpath(here / d) != str(skip))
-        )  # fmt: skip
+            d for d in dirs if not d.startswith(".") and not (here / d / MARKER).exists()
+        )
         for name in sorted(files):
             if not name.startswith(".") and is_video_file(here / name):
                 yield here / name
 
 
-def _expand(
-    item: str, base: Path, skip: Path | None, seen_lists: set[str], empty: list[str]
-) -> Iterator[Path]:
+def _expand(item: str, base: Path, seen_lists: set[str], empty: list[str]) -> Iterator[Path]:
     """The files of one INPUT; ``empty`` collects the folders and globs that gave none."""
     if _is_list(item, base):
         listed = (base / item[1:]).expanduser()
@@ -84,15 +80,15 @@ def _expand(
             raise OvsegError(f"cannot read the list {listed}: {exc}") from None
         entries = [x.strip() for x in lines if x.strip() and not x.lstrip().startswith("#")]
         for entry in entries:
-            yield from _expand(entry, listed.parent, skip, seen_lists | {key}, empty)
+            yield from _expand(entry, listed.parent, seen_lists | {key}, empty)
         return
     path = (base / item).expanduser()
     if _is_glob(item, base):
         matches = sorted(glob.glob(str(path), recursive=True))
-        found = [m for p in map(Path, matches) for m in _video_files(p, skip)]
+        found = [m for p in map(Path, matches) for m in _video_files(p)]
         what = "the pattern"
     elif path.is_dir():
-        found, what = list(_search(path, skip)), "the folder"
+        found, what = list(_search(path)), "the folder"
     else:
         found, what = None, ""
     if found is not None:
@@ -103,30 +99,29 @@ def _expand(
     yield path  # a file, whatever its extension: the user named it (missing: a failed video)
 
 
-def _video_files(path: Path, skip: Path | None) -> list[Path]:
+def _video_files(path: Path) -> list[Path]:
     if path.is_dir():
-        return list(_search(path, skip))
+        return list(_search(path))
     return [path] if path.is_file() and is_video_file(path) else []
 
 
-def expand_inputs(inputs: Sequence[str], out: str | Path | None = None) -> list[Path]:
+def expand_inputs(inputs: Sequence[str]) -> list[Path]:
     """The video files the INPUTs name, in order, each once, as absolute paths.
 
-    Folders give the video files below them (not inside ``out`` or other ovseg outputs);
+    Folders give the video files below them (not inside hidden folders or ovseg's outputs);
     globs give the video files they match; named files are taken as they are.
     """
-    skip = Path(os.path.realpath(Path(out).expanduser())) if out else None
     videos: list[Path] = []
     seen: set[str] = set()
     empty: list[str] = []
     for item in inputs:
         if not item.strip():
             raise OvsegError("an INPUT is empty")
-        for path in _expand(item, Path.cwd(), skip, set(), empty):
+        for path in _expand(item, Path.cwd(), set(), empty):
             key = os.path.realpath(path)
             if key not in seen:
                 seen.add(key)
-                videos.append(path.absolute())
+                videos.append(Path(os.path.normpath(path.absolute())))
     if not videos:
         raise OvsegError(f"no video files in {'; '.join(empty) or ', '.join(inputs)}")
     for item in empty:
