@@ -338,3 +338,24 @@ def test_missing_and_unreadable_files_fail_alone(tmp_path: Path, tiny_weights: P
     assert got[str(good)]["status"] == "done"
     assert got[str(text)]["status"] == "failed" and "not a readable" in got[str(text)]["error"]
     assert "no such file" in got[str(tmp_path / "gone.mp4")]["error"]
+
+
+def test_a_dead_worker_on_another_host_has_its_partial_removed(tmp_path: Path) -> None:
+    """What a Ray driver does for a worker that died elsewhere: remove_stale cannot tell
+    whether another host's writer is alive, remove_abandoned is told."""
+    from ovseg_cli.outputs import remove_abandoned, remove_stale, write_marker
+
+    final = tmp_path / "video"
+    dead = {"pid": 4242, "start": "77", "host": "node-7"}
+    other = {"pid": 4243, "start": "78", "host": "node-7"}
+    partials = []
+    for writer in (dead, other):
+        p = tmp_path / f".video.partial-{writer['pid']}"
+        p.mkdir()
+        write_marker(p, "segment")
+        marker = json.loads((p / MARKER).read_text())
+        (p / MARKER).write_text(json.dumps({**marker, "writer": writer}))
+        partials.append(p)
+    assert remove_stale(final) == [] and all(p.exists() for p in partials)
+    assert remove_abandoned(final, dead) == [partials[0]]
+    assert not partials[0].exists() and partials[1].exists()
