@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -151,3 +153,32 @@ def test_a_killed_worker_has_its_video_retried(
     for name in NAMES:
         assert _masks(out / name) == _masks(local_out / name)
         assert read_marker(out / name)["writer"]["pid"] != killed[0][1]
+
+
+def test_sigterm_stops_a_batch_that_joined_a_cluster(
+    cluster, videos: Path, tiny_weights: Path, tmp_path: Path
+) -> None:
+    """--ray-address joins the running cluster; SIGTERM ends the workers and removes their
+    partial folders (Ray's own SIGTERM handler would exit at once, leaving them)."""
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, "-m", "ovseg_cli", "segment", str(videos), *SETTINGS, "-o", str(out),
+        "--engine", "ray", "--ray-address", ray.get_runtime_context().gcs_address,
+        "--cpus-per-worker", "1", *_tiny(tiny_weights),
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
+    deadline = time.time() + 180
+    while not any(len(list((p / "masks").glob("*.png"))) >= 3 for p in _partials(out)):
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.time() < deadline, "no video started"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    text, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, text
+    assert "interrupted (SIGTERM); partial output removed" in text
+    assert not _partials(out)
+    while ray.available_resources().get("CPU", 0) < 2:  # its workers are gone
+        assert time.time() < deadline, ray.available_resources()
+        time.sleep(0.1)

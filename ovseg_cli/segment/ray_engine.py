@@ -19,12 +19,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import signal
+import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ovseg_cli.errors import OvsegError
+from ovseg_cli.errors import STOP_SIGNALS, Interrupted, OvsegError, last_stop_signal
 from ovseg_cli.outputs import remove_abandoned, writer_record
 from ovseg_cli.segment.batch import (
     BatchItem,
@@ -114,6 +116,7 @@ class RayEngine:
         self.ray, self.plan = ray, plan
         self.started = not ray.is_initialized()
         if self.started:
+            ours = _stop_handlers()
             try:
                 ray.init(
                     address=address, include_dashboard=False, log_to_driver=False,
@@ -121,6 +124,8 @@ class RayEngine:
                 )  # fmt: skip
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 raise OvsegError(f"cannot start or join a Ray cluster: {exc}") from None
+            finally:
+                _restore(ours)
         self.workers: list[_Worker] = []
         try:
             count, options = worker_layout(
@@ -186,6 +191,11 @@ class RayEngine:
                     idle.append(worker)
                     yield result
                 self._poll(running, on_progress)
+        except KeyboardInterrupt as exc:  # Ray's blocking calls turn Interrupted into this
+            signum = last_stop_signal()
+            if isinstance(exc, Interrupted) or signum is None:
+                raise
+            raise Interrupted(signum) from None
         finally:
             self._stop(running)
 
@@ -256,6 +266,22 @@ class RayEngine:
         self.workers = []
         if self.started:
             self.ray.shutdown()
+
+
+def _stop_handlers() -> dict[int, Any]:
+    """The stop signals' handlers now (ovseg's cleanup, under the CLI)."""
+    return {s: signal.getsignal(s) for s in STOP_SIGNALS}
+
+
+def _restore(handlers: dict[int, Any]) -> None:
+    """Put the stop signals' handlers back after ``ray.init``, which replaces SIGTERM's with
+    one that exits at once (and a crash reporter in its core that kills the process): the
+    video in progress would be left behind."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum, handler in handlers.items():
+        if handler is not None:
+            signal.signal(signum, handler)
 
 
 def _frames(item: BatchItem) -> int:
