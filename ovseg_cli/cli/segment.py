@@ -83,13 +83,11 @@ def segment_command(
 
     cfg = resolve(SegmentConfig, config, settings)
     specs = resolve_classes(classes, classes_file)
+    read = [p for p in (classes_file, config) if p is not None]  # never to be overwritten
     batch = is_batch(inputs)
     check_engine(engine, ray_address, cpus_per_worker, batch)
     if batch:
-        plan = plan_batch(
-            inputs, specs, cfg, out=out, overwrite=overwrite,
-            extra_inputs=[p for p in (classes_file, config) if p is not None],
-        )  # fmt: skip
+        plan = plan_batch(inputs, specs, cfg, out=out, overwrite=overwrite, extra_inputs=read)
         segment_batch(plan, engine, ray_address, cpus_per_worker, quiet)
         return
     video = Path(inputs[0])
@@ -104,8 +102,7 @@ def segment_command(
 
     try:
         run = run_segment(
-            video, specs, cfg, out=out, overwrite=overwrite,
-            inputs=[p for p in (classes_file, config) if p is not None],
+            video, specs, cfg, out=out, overwrite=overwrite, inputs=read,
             on_start=lambda info, total: progress.start(total), on_frame=on_frame,
         )  # fmt: skip
     finally:

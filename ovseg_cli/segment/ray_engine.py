@@ -173,16 +173,20 @@ class RayEngine:
                     running[worker.actor.segment.remote(item)] = (worker, item)
                     if on_progress is not None:
                         on_progress(item, 0)
-                if not running and not starting:
-                    raise OvsegError("every Ray worker died; see the manifest for the videos")
+                if not running and not starting:  # no worker left to run the rest
+                    while queue:
+                        item = queue.popleft()
+                        error = "every Ray worker died before this video could be segmented"
+                        yield VideoResult(item, "failed", error, 0, 0.0, tries.get(item, 0))
+                    break
                 refs = [*running, *starting]
                 finished, _ = ray.wait(refs, num_returns=1, timeout=POLL_S)
                 for ref in finished:
                     if ref in starting:
                         worker = starting.pop(ref)
-                        with contextlib.suppress(ray.exceptions.RayError):
-                            self._check_ready(worker, ray.get(ref))
-                            idle.append(worker)
+                        with contextlib.suppress(ray.exceptions.RayError, OvsegError):
+                            self._check_ready(worker, ray.get(ref))  # a replacement: if it
+                            idle.append(worker)  # cannot load the model, the others go on
                         continue
                     worker, item = running.pop(ref)
                     result = self._outcome(ref, worker, item, tries[item], queue, starting)
