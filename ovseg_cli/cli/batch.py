@@ -91,6 +91,7 @@ def segment_batch(
             cpus_per_worker=cpus_per_worker,
         ):  # fmt: skip
             progress.finish(result)
+            result.run = None  # its meta.json is on disk: a long batch keeps only the counts
             results.append(result)
     finally:
         progress.stop()
