@@ -204,7 +204,7 @@ def plan_batch(
     )  # fmt: skip
 
 
-Progress = Callable[[BatchItem, int], None]  # (video, frames done so far)
+Progress = Callable[[BatchItem, int], None]  # (video, frames done so far: 0 when it starts)
 
 
 def segment_item(

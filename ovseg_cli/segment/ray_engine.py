@@ -49,7 +49,8 @@ class SegmentWorker:
     """A Ray actor: the model and the vocabulary, loaded once, segmenting video after video."""
 
     def __init__(self, plan: BatchPlan, threads: int | None) -> None:
-        self.plan, self.frames, self.error = plan, 0, None
+        self.plan, self.error = plan, None
+        self.current: tuple[BatchItem | None, int] = (None, 0)  # the video now, frames done
         try:
             import torch
 
@@ -68,18 +69,18 @@ class SegmentWorker:
 
     def segment(self, item: BatchItem) -> VideoResult:
         """Segment one video into its folder (the local engine's code)."""
-        self.frames = 0
+        self.current = (item, 0)
 
         def progress(_: BatchItem, count: int) -> None:
-            self.frames = count
+            self.current = (item, count)
 
         result = segment_item(self.plan, item, self.model, self.vocabulary, progress)
         result.run = None  # meta.json is in the folder; keep the reply small
         return result
 
-    def progress(self) -> int:
-        """Frames done of the current video (answered while ``segment`` runs)."""
-        return self.frames
+    def progress(self) -> tuple[BatchItem | None, int]:
+        """The current video and its frames done (answered while ``segment`` runs)."""
+        return self.current
 
 
 def worker_layout(
@@ -247,7 +248,9 @@ class RayEngine:
         answered, _ = ray.wait(list(asks), num_returns=len(asks), timeout=POLL_S)
         for ref in answered:
             with contextlib.suppress(ray.exceptions.RayError):
-                on_progress(asks[ref], ray.get(ref))
+                item, count = ray.get(ref)
+                if item == asks[ref] and count > 0:  # not the video before, nor a restart
+                    on_progress(item, count)
 
     def _stop(self, running: dict[Any, tuple[_Worker, BatchItem]]) -> None:
         """Stopped early (a signal): kill the busy workers, then remove their partial folders."""
