@@ -26,7 +26,7 @@ OUTPUT_OPTIONS = ("size", "overlay", "masks", "export", "background", "alpha", "
 def segment_command(
     inputs: list[str] = typer.Argument(
         ...,
-        metavar="INPUT...",
+        metavar="INPUT",
         help="Video file(s), folders (searched recursively), quoted glob patterns or @list.txt "
         "files (one INPUT per line). Several videos need --out DIR: one folder per video.",
         show_default=False,
@@ -57,7 +57,7 @@ def segment_command(
         "local",
         "--engine",
         help="Where a batch runs: local (this process) or ray (one worker per GPU, or per "
-        "--cpus-per-worker CPUs, of a Ray cluster; pip install 'ovseg[ray]').",
+        "--cpus-per-worker CPUs, of a Ray cluster; pip install 'ovseg\\[ray]').",
     ),
     ray_address: str = typer.Option(
         None,
