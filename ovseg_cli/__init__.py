@@ -17,6 +17,7 @@ _LAZY = {
     "SegmentConfig": "ovseg_cli.config",
     "load_model": "ovseg_cli.segment.protocol",
     "segment_video": "ovseg_cli.segment.stream",
+    "segment_videos": "ovseg_cli.segment.batch",
     "FrameResult": "ovseg_cli.segment.stream",
     "load_clip": "ovseg_cli.clip.loading",
     "parse_classes": "ovseg_cli.classes",

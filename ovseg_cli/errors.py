@@ -46,6 +46,15 @@ STOP_SIGNALS = tuple(
 )  # fmt: skip
 
 
+_received: list[int] = []  # the stop signals raised as Interrupted, newest last
+
+
+def last_stop_signal() -> int | None:
+    """The last stop signal raised as Interrupted, for code whose libraries turn it into a
+    plain KeyboardInterrupt (Ray's blocking calls do)."""
+    return _received[-1] if _received else None
+
+
 @contextlib.contextmanager
 def stop_signals() -> Iterator[None]:
     """Within the block, each stop signal raises Interrupted once; later ones wait for cleanup.
@@ -62,6 +71,7 @@ def stop_signals() -> Iterator[None]:
         nonlocal raised
         if not raised:  # a second signal must not cut the cleanup of the first short
             raised = True
+            _received.append(signum)
             raise Interrupted(signum)
 
     old = {s: signal.signal(s, handle) for s in STOP_SIGNALS}

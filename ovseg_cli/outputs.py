@@ -30,7 +30,7 @@ from ovseg_cli import __version__
 from ovseg_cli.errors import OvsegError
 
 MARKER = ".ovseg-output.json"
-KINDS = ("segment", "eval", "prep", "train")
+KINDS = ("segment", "eval", "prep", "train", "batch")  # batch: many segment folders
 
 # partial folders of this process, removed by the CLI on a signal (see cli_common)
 _ACTIVE: dict[Path, OutputFolder] = {}
@@ -174,6 +174,29 @@ def remove_stale(final: Path) -> list[Path]:
             with contextlib.suppress(OSError):
                 os.replace(p, final)  # complete: the commit was cut short, finish it
                 continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
+def remove_abandoned(final: Path, writer: dict[str, Any]) -> list[Path]:
+    """Remove the partial folders beside ``final`` written by ``writer``, known to be dead.
+
+    For a process that cannot check the writer itself: a Ray driver whose worker died on
+    another machine (``remove_stale`` only judges writers of its own host).
+    """
+    removed: list[Path] = []
+    prefix = f".{final.name}.partial-"
+    try:
+        siblings = [p for p in final.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return removed
+    keys = ("pid", "start", "host")
+    for p in sorted(siblings):
+        marker = read_marker(p) if p.is_dir() and not p.is_symlink() else None
+        found = marker.get("writer") if marker is not None else None
+        if not isinstance(found, dict) or any(found.get(k) != writer.get(k) for k in keys):
+            continue  # not ours, or another writer's
         shutil.rmtree(p, ignore_errors=True)
         removed.append(p)
     return removed

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import shared_file
-from dataset_factory import make_folder
+from dataset_factory import make_folder, make_shapes
 from typer.testing import CliRunner
 
 from ovseg_cli.cli import app
@@ -103,6 +107,47 @@ def test_eval_errors(tmp_path: Path, prepared: Path, tiny_weights: Path) -> None
         code, output = _eval(*args, *tiny, "-o", tmp_path / "o")
         assert code == 2 and message in output, (args, output)
         assert not (tmp_path / "o").exists()
+
+
+def test_torchrun_two_processes_report_the_numbers_of_one(
+    tmp_path: Path, tiny_weights: Path
+) -> None:
+    """Each rank scores its share of the videos; the summed counts give one process's report."""
+    from ovseg_cli.datasets import prepare
+
+    data = prepare("folder", make_shapes(tmp_path / "raw", size=64, videos=3), tmp_path / "p")
+    args = [
+        "eval", "--data", data.out_dir, "--data-split", "train", "--split", "all", "--vc", "2,4",
+        "--masks", "--clip", "ovseg-tiny", "--pretrained", tiny_weights, "-q",
+    ]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    code, output = _eval(*args[1:], "-o", one)
+    assert code == 0, output
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "ovseg_cli",
+        *map(str, args), "-o", str(two),
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    a = json.loads((one / "report.json").read_text())
+    b = json.loads((two / "report.json").read_text())
+    exact = ["mIoU", "fwIoU", "mAcc", "pAcc", "per_class", "by_frame_kind", "vc_windows",
+             "seen", "unseen", "hmean", "videos", "frames", "labelled_frames", "stream"]  # fmt: skip
+    assert {k: a[k] for k in exact} == {k: b[k] for k in exact}
+    assert a["videos"] == 3 and a["labelled_frames"] == 36 and a["vc_windows"]["VC4"] > 0
+    # window scores are summed in another order: equal to float rounding
+    assert b["vc"] == {k: pytest.approx(v, rel=1e-12) for k, v in a["vc"].items()}
+    for folder in ("masks", "examples"):  # every rank wrote its videos into rank 0's folder
+        files_a = sorted(p.relative_to(one) for p in (one / folder).rglob("*.png"))
+        files_b = sorted(p.relative_to(two) for p in (two / folder).rglob("*.png"))
+        assert files_a == files_b and len(files_a) > 0
+        assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files_a)
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
 
 
 @pytest.mark.slow

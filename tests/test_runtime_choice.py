@@ -56,12 +56,12 @@ def test_onnx_runtime_missing_fails_before_loading_clip(monkeypatch) -> None:
         load_model(SegmentConfig(clip="no-such-clip", runtime="onnx", device="cpu"))
 
 
-def test_threads_leave_a_core_to_the_reader_and_writer(monkeypatch) -> None:
+def test_threads_follow_the_cores_the_process_may_use(monkeypatch) -> None:
     from ovseg_cli.runtime import onnx_session
 
-    assert [onnx_session.default_threads(n) for n in (1, 2, 3, 16)] == [1, 1, 2, 15]
+    assert [onnx_session.default_threads(n) for n in (1, 2, 3, 16)] == [1, 2, 3, 16]
     monkeypatch.setattr(onnx_session.os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
-    assert onnx_session.default_threads() == 2  # the cores this process may use, not the machine's
+    assert onnx_session.default_threads() == 3  # the cores this process may use, not the machine's
     monkeypatch.setenv("OVSEG_ONNX_THREADS", "4")
     assert onnx_session.onnx_threads() == 4
     monkeypatch.setenv("OVSEG_ONNX_THREADS", "many")

@@ -46,6 +46,9 @@ def eval_command(
     model_settings: dict[str, Any] | None = None,
 ) -> None:
     """Evaluate on seen, unseen or all classes: mIoU, fwIoU, mAcc, pAcc, VC_n and a report."""
+    import dataclasses
+
+    from ovseg_cli import distributed as dist
     from ovseg_cli.config import from_mapping
     from ovseg_cli.evaluation.report import run_eval
 
@@ -54,15 +57,23 @@ def eval_command(
                             source=str(config or "command line"))  # fmt: skip
     seg_cfg = from_mapping(SegmentConfig, {**sections["segment"], **(model_settings or {})},
                            source=str(config or "command line"))  # fmt: skip
-    progress = Progress("eval", enabled=not quiet)
+    ctx = dist.setup(seg_cfg.device)  # under torchrun: a share of the videos per rank
     try:
-        run = run_eval(
-            data, eval_cfg, seg_cfg, out=out, overwrite=overwrite,
-            inputs=[config] if config is not None else [],
-            on_start=progress.start, on_frame=progress.advance, on_status=progress.status,
-        )  # fmt: skip
+        if ctx.distributed and ctx.device.type == "cuda":  # this rank's own GPU
+            seg_cfg = dataclasses.replace(seg_cfg, device=str(ctx.device))
+        quiet = quiet or not ctx.main  # rank 0 alone shows its progress and the report
+        progress = Progress("eval", enabled=not quiet)
+        try:
+            run = run_eval(
+                data, eval_cfg, seg_cfg, out=out, overwrite=overwrite,
+                inputs=[config] if config is not None else [],
+                on_start=progress.start, on_frame=progress.advance, on_status=progress.status,
+                ctx=ctx,
+            )  # fmt: skip
+        finally:
+            progress.stop()
     finally:
-        progress.stop()
+        dist.teardown(ctx)
     if not quiet:
         _print_report(run.report)
     result = run.result

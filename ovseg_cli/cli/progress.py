@@ -9,7 +9,8 @@ from ovseg_cli.cli.common import console
 
 
 class Progress:
-    """A rich progress bar: done / total units, the rate, and a note (e.g. a loss)."""
+    """A rich progress bar: done / total units, the rate, and a note (e.g. a loss); with
+    ``items``, also what is being worked on (a batch: "video 3/12 clips/a")."""
 
     def __init__(
         self, label: str, unit: str = "frames", enabled: bool = True, estimated: bool = True
@@ -22,8 +23,9 @@ class Progress:
         self.done = 0
         self.first = 0  # units already done when the bar started (a resumed run)
 
-    def start(self, total: int | None, done: int = 0) -> None:
-        """Show the bar (total None: unknown), from ``done`` units."""
+    def start(self, total: int | None, done: int = 0, items: bool = False) -> None:
+        """Show the bar (total None: unknown), from ``done`` units; ``items``: a column for
+        ``item``."""
         if not self.enabled:
             return
         from rich.progress import (
@@ -37,13 +39,14 @@ class Progress:
             Progress as Bar,
         )
 
+        current = [TextColumn("{task.fields[item]}")] if items else []
         self.bar = Bar(
             TextColumn(f"[bold]{self.label}[/]"), BarColumn(), MofNCompleteColumn(),
-            TextColumn(f"{self.unit} {{task.fields[note]}}"), TimeElapsedColumn(),
+            TextColumn(f"{self.unit} {{task.fields[note]}}"), *current, TimeElapsedColumn(),
             TimeRemainingColumn(), console=console(), transient=False,
         )  # fmt: skip
         self.bar.start()
-        self.task = self.bar.add_task(self.label, total=total, completed=done, note="")
+        self.task = self.bar.add_task(self.label, total=total, completed=done, note="", item="")
         self.t0, self.done, self.first = time.perf_counter(), done, done
 
     def advance(self, n: int = 1, note: str = "") -> None:
@@ -70,6 +73,16 @@ class Progress:
         """Say what is happening now (e.g. an export before the first frame)."""
         if self.task is not None:
             self.bar.update(self.task, note=text)
+
+    def item(self, text: str) -> None:
+        """Say which item (a batch's video) the units now come from."""
+        if self.task is not None:
+            self.bar.update(self.task, item=text)
+
+    def set_total(self, total: int | None) -> None:
+        """Correct the total (an item turned out longer or shorter than estimated)."""
+        if self.task is not None:
+            self.bar.update(self.task, total=total)
 
     def stop(self) -> None:
         """End the bar at 100% of what was done (estimates can be off)."""

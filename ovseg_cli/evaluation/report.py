@@ -3,7 +3,9 @@
 The folder holds ``report.json`` (the paper's four metrics, per-class IoU and accuracy,
 VC_n, seen/unseen/harmonic mean for ``--split all``, the class split, the model and the
 settings), ``per_class_iou.png`` (a bar chart) and ``examples/`` (frame | prediction |
-ground truth). It is written under a temporary name and renamed when complete.
+ground truth). It is written under a temporary name and renamed when complete. Under
+torchrun every rank evaluates its share of the videos (and writes their masks and examples
+into the one folder, which rank 0 made and alone completes).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ovseg_cli import __version__
+from ovseg_cli import distributed as dist
 from ovseg_cli.config import EvalConfig, SegmentConfig, to_dict
+from ovseg_cli.errors import OvsegError
 from ovseg_cli.evaluation.protocol import EvalResult
 from ovseg_cli.outputs import OutputFolder, check_destination
 
@@ -124,8 +128,11 @@ def run_eval(
     on_start: Callable[[int], None] | None = None,
     on_status: Callable[[str], None] | None = None,
     on_frame: Callable[[], None] | None = None,
+    ctx: dist.DistContext | None = None,
 ) -> EvalRun:
-    """Evaluate and write the report folder (``inputs``: more files the run reads)."""
+    """Evaluate and write the report folder (``inputs``: more files the run reads; ``ctx``:
+    this process's place in a torchrun job, whose rank 0 writes the folder)."""
+    ctx = ctx or dist.DistContext()
     from ovseg_cli.datasets.index import load_index
 
     index = load_index(data)
@@ -135,10 +142,20 @@ def run_eval(
         from ovseg_cli.model.checkpoint import checkpoint_paths
 
         inputs.extend(checkpoint_paths(seg.checkpoint))
-    check_destination(final, "eval", overwrite=overwrite, inputs=inputs)
+    final = check_destination(final, "eval", overwrite=overwrite, inputs=inputs)  # every rank
     folder = None
     try:
-        folder = OutputFolder(final, "eval", overwrite=overwrite, inputs=inputs)
+        failure = None
+        if ctx.main:
+            try:
+                folder = OutputFolder(final, "eval", overwrite=overwrite, inputs=inputs)
+            except Exception as exc:  # told to the other ranks first: they wait for the path
+                failure = exc
+        path = dist.broadcast(folder.path if folder is not None else None, ctx)
+        if failure is not None:
+            raise failure
+        if path is None:
+            raise OvsegError("rank 0 could not make the report folder (see its error)")
         from ovseg_cli.evaluation.protocol import evaluate
         from ovseg_cli.runtime import export_listener
         from ovseg_cli.segment.protocol import load_model
@@ -146,11 +163,13 @@ def run_eval(
         with export_listener(on_status or (lambda message: None)):  # an ONNX export says so
             model = model or load_model(seg)
         if on_start is not None:
-            videos = index.videos_in(cfg.data_split)[: cfg.limit_videos]
+            videos = [v for v in index.videos_in(cfg.data_split)[: cfg.limit_videos] if v.labelled]
             count = (lambda v: len(v.frames)) if cfg.unlabelled else (lambda v: len(v.labelled))
-            on_start(sum(count(v) for v in videos if v.labelled))
-        result = evaluate(model, index, cfg, seg, on_frame=on_frame, out_dir=folder.path)
+            on_start(sum(count(v) for v in videos[ctx.rank :: ctx.world]))
+        result = evaluate(model, index, cfg, seg, on_frame=on_frame, out_dir=path, ctx=ctx)
         report = report_dict(result, index, model, cfg, seg)
+        if folder is None:
+            return EvalRun(final, report, result)  # rank 0 writes the report
         folder.write_json("report.json", report)
         bar_chart(result, index, folder.path / "per_class_iou.png")
         return EvalRun(folder.commit(), report, result)

@@ -38,18 +38,18 @@ def usable_cores() -> int:
 
 
 def default_threads(cores: int | None = None) -> int:
-    """ONNX Runtime's intra-op threads: every usable core but one, which the reader and
-    writer threads (decoding, H.264 encoding) and torch's text and fusion steps need.
+    """ONNX Runtime's intra-op threads: every core this process may use.
 
-    A pool thread sharing its core with another busy thread holds back every parallel
-    section it is part of. Measured on a shared 2-core VM (ViT-B-16 at 224x400,
-    benchmarks/bench_onnx_threads.py and bench_segment.py, interleaved rounds, noisy): with
-    other work on the cores, 1 thread beat 2 for the tower (medians 0.97-1.03 vs 1.10-1.26 s
-    a frame) and end to end (0.80-0.84 vs 0.74-0.76 fps); only in idle moments did 2 threads
-    reach 0.58 s. $OVSEG_ONNX_THREADS overrides the rule, to measure it elsewhere.
+    Measured on the idle 2-core development machine (ViT-B-16, SC-CLIP, 336x592, dog clip,
+    ``bench_segment.py --runtime onnx --versus torch``, 3 interleaved rounds): with one
+    thread, leaving a core to the reader and writer threads, end to end ran at 0.38-0.39 fps
+    against PyTorch's 0.44-0.48; with both cores at 0.61-0.64 fps (1.33x PyTorch). The
+    reader and writer threads spend their time in C code that releases the GIL and need far
+    less than a core, and the pool does not spin, so it yields to them when they run. (On
+    cores shared with other busy processes one thread did better; $OVSEG_ONNX_THREADS sets
+    the count for such machines.)
     """
-    cores = usable_cores() if cores is None else cores
-    return max(1, cores - 1)
+    return max(1, usable_cores() if cores is None else cores)
 
 
 def onnx_threads() -> int:

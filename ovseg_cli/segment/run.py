@@ -9,19 +9,24 @@ and a progress bar.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ovseg_cli import __version__
 from ovseg_cli.classes import ClassSpec, colors_for, with_background
 from ovseg_cli.config import SegmentConfig, to_dict
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.outputs import OutputFolder, check_destination
+from ovseg_cli.segment.fingerprint import settings_fingerprint
 from ovseg_cli.video.reader import VideoInfo, VideoReader
+
+if TYPE_CHECKING:
+    from ovseg_cli.clip.prompts import Vocabulary
 
 MASK_FORMAT = "palette PNG, pixel value = class index, 255 = unlabelled"
 
@@ -53,8 +58,11 @@ def _fraction(value: Any) -> str:
 
 
 def _input_meta(info: VideoInfo, cfg: SegmentConfig) -> dict[str, Any]:
+    st = os.stat(info.path)
     return {
         "path": str(Path(info.path).absolute()),
+        "bytes": st.st_size,  # with modified_ns: a batch redoes a video whose file changed
+        "modified_ns": st.st_mtime_ns,
         "width": info.width,
         "height": info.height,
         "rotation": info.rotation,
@@ -82,6 +90,20 @@ def run_inputs(video: str | Path, config: SegmentConfig) -> list[Path]:
     return paths
 
 
+def check_outputs(classes: Sequence[ClassSpec], config: SegmentConfig) -> list[ClassSpec]:
+    """The classes with the background class; OvsegError when the settings write nothing
+    or an export cannot take the classes (checked before any video is opened)."""
+    classes = with_background(classes, config.background)
+    exports = config.export or []
+    if not (config.overlay or config.masks or exports):
+        raise OvsegError("nothing to write: --no-overlay needs --masks or --export")
+    if exports:
+        from ovseg_cli.exports import check_exports
+
+        check_exports(exports, [c.name for c in classes], colors_for(classes))
+    return classes
+
+
 def run_segment(
     video: str | Path,
     classes: Sequence[ClassSpec],
@@ -91,6 +113,7 @@ def run_segment(
     overwrite: bool = False,
     inputs: Sequence[str | Path] = (),
     model: Any = None,
+    vocabulary: Vocabulary | None = None,
     on_start: Callable[[VideoInfo, int | None], None] | None = None,
     on_status: Callable[[str], None] | None = None,
     on_frame: Callable[[Any], None] | None = None,
@@ -98,16 +121,12 @@ def run_segment(
     """Segment ``video`` and write the output folder; nothing is left behind on failure.
 
     ``inputs``: more files the run reads (classes file, config file), which the output
-    folder may not be or hold, like the video and the weights.
+    folder may not be or hold, like the video and the weights. ``vocabulary``: the
+    classes' text embeddings from ``model.encode_vocabulary`` (with the background class),
+    built once for many videos.
     """
-    classes = with_background(classes, config.background)
+    classes = check_outputs(classes, config)
     exports = config.export or []
-    if not (config.overlay or config.masks or exports):
-        raise OvsegError("nothing to write: --no-overlay needs --masks or --export")
-    if exports:
-        from ovseg_cli.exports import check_exports
-
-        check_exports(exports, [c.name for c in classes], colors_for(classes))
     # cheap checks first: bad input fails before torch is even imported
     destination = default_out_dir(video) if out is None else out
     check_destination(
@@ -137,7 +156,7 @@ def run_segment(
         t0 = time.perf_counter()
         with export_listener(on_status or (lambda message: None)):  # an ONNX export says so
             model = model or load_model(config)
-        vocabulary = model.encode_vocabulary(classes)
+        vocabulary = vocabulary or model.encode_vocabulary(classes)
         load_seconds = time.perf_counter() - t0
         names, colors = vocabulary.names, vocabulary.colors
         stream = SegmentationStream(reader, vocabulary, model, StreamSettings.from_config(config))
@@ -225,6 +244,7 @@ def run_segment(
                 "fps": round(frames / segment_seconds, 3) if segment_seconds else None,
             },
             "config": to_dict(config),
+            "settings_fingerprint": settings_fingerprint(config, classes),
         }
         folder.write_json("meta.json", meta)
         import yaml

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ovseg_cli import distributed as dist
 from ovseg_cli.errors import STOP_SIGNALS, Interrupted, OvsegError
-from ovseg_cli.train import distributed as dist
 from ovseg_cli.train.config import TrainConfig
 from ovseg_cli.train.run_dir import RunDir
 from ovseg_cli.train.state import Progress, load_training_state, save_training_state

@@ -1,8 +1,9 @@
-"""torch.distributed for `ovseg train`: the same command alone or under torchrun.
+"""torch.distributed for `ovseg train` and `ovseg eval`: the same command alone or under torchrun.
 
 torchrun (single or multi node) sets RANK, LOCAL_RANK and WORLD_SIZE; we join the process
 group (NCCL on GPUs, gloo on CPUs), give each rank its GPU, and let rank 0 alone log and
-write files. Nothing here is home-made: DistributedDataParallel does the gradient work.
+write files. Nothing here is home-made: DistributedDataParallel does the gradient work of
+training; evaluation sums its counts with ``all_reduce``. Alone, every helper is a no-op.
 """
 
 from __future__ import annotations
@@ -75,6 +76,40 @@ def mean(value: float, ctx: DistContext) -> float:
     t = torch.tensor([value], device=ctx.device, dtype=torch.float64)
     dist.all_reduce(t)
     return float(t.item()) / ctx.world
+
+
+def total(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Sum a tensor over all ranks, in place (it must be on ``ctx.device``)."""
+    if ctx.distributed:
+        dist.all_reduce(t)
+    return t
+
+
+def maximum(value: float, ctx: DistContext) -> float:
+    """The largest of a number over all ranks."""
+    if not ctx.distributed:
+        return value
+    t = torch.tensor([value], device=ctx.device, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def broadcast(obj: object, ctx: DistContext) -> object:
+    """Rank 0's object (picklable), on every rank."""
+    if not ctx.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, device=ctx.device)
+    return box[0]
+
+
+def gather(obj: object, ctx: DistContext) -> list[object]:
+    """Every rank's object (picklable), in rank order, on every rank."""
+    if not ctx.distributed:
+        return [obj]
+    out: list[object] = [None] * ctx.world
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier(ctx: DistContext) -> None:

@@ -1,0 +1,361 @@
+"""Many videos in one run: ``segment_videos`` in Python, ``ovseg segment INPUT... --out DIR``.
+
+    from ovseg_cli.segment.batch import segment_videos
+    for r in segment_videos(["clips/"], "road,sky", out="labelled", pretrained="openai"):
+        print(r.item.name, r.status, r.frames, r.error)
+
+``plan_batch`` expands the INPUTs (``inputs``), names each video's folder, checks DIR and
+decides which videos are already complete with the same settings (``fingerprint``),
+writing nothing. ``run_batch`` then loads the model and builds the text embeddings once
+(or starts the Ray workers, ``ray_engine``), marks DIR as an ovseg batch folder, removes
+what killed runs left, and segments the other videos one after another, each into its own
+atomic folder (``run_segment``), appending each outcome to ``DIR/manifest.jsonl`` as it
+comes. A video that fails is recorded and the batch goes on; a stop signal discards the
+video in progress and ends the batch; a rerun picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+from typing import TYPE_CHECKING, Any
+
+from ovseg_cli.classes import ClassSpec, resolve_classes
+from ovseg_cli.config import SegmentConfig, from_mapping, to_dict
+from ovseg_cli.errors import OvsegError
+from ovseg_cli.outputs import check_location, read_marker, remove_stale, write_marker
+from ovseg_cli.segment.fingerprint import settings_fingerprint
+from ovseg_cli.segment.inputs import MANIFEST, expand_inputs, output_names
+from ovseg_cli.segment.manifest import Manifest
+from ovseg_cli.segment.run import SegmentRun, check_outputs, run_inputs, run_segment
+
+if TYPE_CHECKING:
+    from ovseg_cli.clip.prompts import Vocabulary
+    from ovseg_cli.segment.protocol import Segmenter
+
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One video of a batch and where its folder goes."""
+
+    video: Path  # absolute
+    name: PurePath  # its folder, relative to the batch folder
+    output: Path  # the batch folder / name
+    frames: int | None  # to do: the container's estimate; complete: the frames written
+    complete: bool = False  # its folder is complete with the same settings: skipped
+
+
+@dataclass
+class VideoResult:
+    """What became of one video of a batch."""
+
+    item: BatchItem
+    status: str  # "done", "failed" or "skipped"
+    error: str | None = None
+    frames: int = 0
+    seconds: float = 0.0
+    attempts: int = 1  # the Ray engine retries a video whose worker died
+    run: SegmentRun | None = None  # done: what run_segment wrote
+
+    def record(self, fingerprint: str, engine: str) -> dict[str, Any]:
+        """The manifest line of this result."""
+        return {
+            "input": str(self.item.video), "output": self.item.name.as_posix(),
+            "status": self.status, "error": self.error, "frames": self.frames,
+            "seconds": round(self.seconds, 3), "fingerprint": fingerprint,
+            "attempts": self.attempts, "engine": engine,
+        }  # fmt: skip
+
+
+@dataclass
+class BatchPlan:
+    """The videos of a batch, their folders, and the settings they are segmented with."""
+
+    out: Path
+    items: list[BatchItem]
+    specs: list[ClassSpec]  # as given; run_segment adds the background class
+    classes: list[ClassSpec]  # what the model sees (background included)
+    config: SegmentConfig
+    fingerprint: str
+    overwrite: bool = False
+    inputs: list[Path] = field(default_factory=list)  # more files read: classes, config
+
+    @property
+    def todo(self) -> list[BatchItem]:
+        """The videos to segment."""
+        return [item for item in self.items if not item.complete]
+
+    @property
+    def skipped(self) -> list[BatchItem]:
+        """The videos whose folders are complete with the same settings."""
+        return [item for item in self.items if item.complete]
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a video's failure: the message of an OvsegError, else type and message."""
+    text = str(exc) if isinstance(exc, OvsegError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def check_batch_root(out: str | Path, inputs: Sequence[str | Path] = ()) -> Path:
+    """The batch folder: new, empty, or an earlier ovseg batch (resumed); OvsegError if not."""
+    final = check_location(out, inputs)
+    if final.is_symlink():
+        raise OvsegError(f"--out {final} is a symbolic link; name the folder itself")
+    if not final.exists():
+        return final
+    if not final.is_dir():
+        raise OvsegError(f"--out {final} exists and is not a folder")
+    marker = read_marker(final)
+    if marker is None and any(final.iterdir()):
+        raise OvsegError(
+            f"{final} holds files ovseg did not write; name a new or empty folder for the batch"
+        )
+    if marker is not None and marker.get("kind") != "batch":
+        raise OvsegError(
+            f"{final} holds an ovseg {marker.get('kind')} output, not a batch; name another folder"
+        )
+    return final
+
+
+def output_state(output: Path, video: Path, fingerprint: str) -> str:
+    """``missing``, ``complete`` (same settings, same video file), ``stale`` or ``foreign``."""
+    if not output.exists() and not output.is_symlink():
+        return "missing"
+    marker = read_marker(output) if output.is_dir() and not output.is_symlink() else None
+    if marker is None or marker.get("kind") != "segment":
+        return "foreign"
+    try:
+        meta = json.loads((output / "meta.json").read_text(encoding="utf-8"))
+        source = meta["input"]
+        same = meta["settings_fingerprint"] == fingerprint and source["path"] == str(video)
+    except (OSError, ValueError, KeyError, TypeError):
+        return "stale"
+    if same and video.exists():  # a deleted video: keep what was made from it
+        st = video.stat()
+        same = (source.get("bytes"), source.get("modified_ns")) == (st.st_size, st.st_mtime_ns)
+    return "complete" if same else "stale"
+
+
+def frames_written(output: Path) -> int | None:
+    """The frame count a complete folder's meta.json records (None: unreadable)."""
+    try:
+        return int(json.loads((output / "meta.json").read_text())["output"]["frames"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _estimate(video: Path, config: SegmentConfig) -> int | None:
+    """The container's frame count within --start/--end (None: unknown or unreadable)."""
+    from ovseg_cli.video.reader import probe_video
+
+    try:
+        return probe_video(video).frames_between(config.start, config.end)
+    except Exception:  # a bad video fails when its turn comes, with its own message
+        return None
+
+
+def plan_batch(
+    inputs: Sequence[str | Path],
+    classes: Sequence[ClassSpec],
+    config: SegmentConfig,
+    *,
+    out: str | Path | None,
+    overwrite: bool = False,
+    extra_inputs: Sequence[str | Path] = (),
+) -> BatchPlan:
+    """Expand the INPUTs and check everything a batch can check before it writes anything.
+
+    Refused (OvsegError): no ``out``, settings that write nothing, no video found, two
+    videos with one folder, a DIR that is not a batch folder, and, without ``overwrite``,
+    folders made with other settings or from a changed video.
+    """
+    if out is None or not str(out).strip():
+        raise OvsegError("several videos need --out DIR, the folder that holds one per video")
+    seen_classes = check_outputs(classes, config)
+    videos = expand_inputs([str(i) for i in inputs])
+    names = output_names(videos)
+    weights = run_inputs(videos[0], config)[1:]
+    root = check_batch_root(out, [*videos, *weights, *extra_inputs])
+    fingerprint = settings_fingerprint(config, seen_classes)
+    items, stale = [], []
+    for video, name in zip(videos, names, strict=True):
+        output = root / name
+        state = output_state(output, video, fingerprint)
+        if state == "stale":
+            stale.append(name)
+        complete = state == "complete" and not overwrite
+        frames = frames_written(output) if complete else _estimate(video, config)
+        items.append(BatchItem(video, name, output, frames, complete))
+    if stale and not overwrite:
+        raise OvsegError(
+            f"{len(stale)} folder(s) in {root} were made with other settings or from a changed "
+            f"video (first: {stale[0]}); pass --overwrite to redo them, or name another --out"
+        )
+    return BatchPlan(
+        root, items, list(classes), seen_classes, config, fingerprint, overwrite,
+        [Path(p) for p in extra_inputs],
+    )  # fmt: skip
+
+
+Progress = Callable[[BatchItem, int], None]  # (video, frames done so far: 0 when it starts)
+
+
+def segment_item(
+    plan: BatchPlan,
+    item: BatchItem,
+    model: Segmenter,
+    vocabulary: Vocabulary,
+    on_progress: Progress | None = None,
+) -> VideoResult:
+    """Segment one video of a batch into its folder; a failure is returned, not raised.
+
+    Stop signals (KeyboardInterrupt) are raised: run_segment has removed the partial folder.
+    """
+    t0 = time.perf_counter()
+    count = 0
+
+    def on_frame(_: Any) -> None:
+        nonlocal count
+        count += 1
+        if on_progress is not None:
+            on_progress(item, count)
+
+    if on_progress is not None:
+        on_progress(item, 0)
+    try:
+        run = run_segment(
+            item.video, plan.specs, plan.config, out=item.output, overwrite=plan.overwrite,
+            inputs=plan.inputs, model=model, vocabulary=vocabulary, on_frame=on_frame,
+        )  # fmt: skip
+    except Exception as exc:  # one bad video never stops the batch
+        return VideoResult(item, "failed", describe_error(exc), count, time.perf_counter() - t0)
+    return VideoResult(item, "done", None, run.frames, time.perf_counter() - t0, run=run)
+
+
+class LocalEngine:
+    """The videos one after another in this process, with one model and one vocabulary."""
+
+    name = "local"
+
+    def __init__(self, plan: BatchPlan, model: Segmenter | None = None) -> None:
+        from ovseg_cli.segment.protocol import load_model
+
+        self.plan = plan
+        self.model = model or load_model(plan.config)
+        self.vocabulary = self.model.encode_vocabulary(plan.classes)
+
+    def run(
+        self, items: Sequence[BatchItem], on_progress: Progress | None
+    ) -> Iterator[VideoResult]:
+        """Each video's result, in the given order."""
+        for item in items:
+            yield segment_item(self.plan, item, self.model, self.vocabulary, on_progress)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _mark_root(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if read_marker(root) is None:
+            write_marker(root, "batch")
+    except OSError as exc:
+        raise OvsegError(f"cannot write to {root}: {exc.strerror or exc}") from None
+
+
+def _remove_stale(items: Sequence[BatchItem]) -> None:
+    """Remove the partial folders of killed runs beside the videos' folders."""
+    partials: dict[Path, set[str]] = {}
+    for parent in {item.output.parent for item in items}:
+        try:
+            partials[parent] = {p.name for p in parent.iterdir() if ".partial-" in p.name}
+        except OSError:
+            continue
+    for item in items:
+        prefix = f".{item.output.name}.partial-"
+        if any(n.startswith(prefix) for n in partials.get(item.output.parent, ())):
+            remove_stale(item.output)
+
+
+def run_batch(
+    plan: BatchPlan,
+    *,
+    engine: str = "local",
+    model: Segmenter | None = None,
+    on_progress: Progress | None = None,
+    ray_address: str | None = None,
+    cpus_per_worker: int | None = None,
+) -> Iterator[VideoResult]:
+    """Segment the videos of a plan, yielding each result (skipped ones first) as it comes.
+
+    The model (``local``: in this process; ``ray``: in each worker) is loaded before the
+    batch folder is touched, and not at all when every video is complete.
+    """
+    if engine not in ENGINES:
+        raise OvsegError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    todo = plan.todo
+    runner: Any = None
+    if todo and engine == "ray":
+        from ovseg_cli.segment.ray_engine import RayEngine
+
+        runner = RayEngine(plan, address=ray_address, cpus_per_worker=cpus_per_worker)
+    elif todo:
+        runner = LocalEngine(plan, model)
+    try:
+        _mark_root(plan.out)
+        _remove_stale(plan.items)
+        with Manifest(plan.out / MANIFEST) as manifest:
+            for item in plan.skipped:
+                result = VideoResult(item, "skipped", frames=item.frames or 0)
+                manifest.append(result.record(plan.fingerprint, engine))
+                yield result
+            if runner is not None:
+                for result in runner.run(todo, on_progress):
+                    manifest.append(result.record(plan.fingerprint, engine))
+                    yield result
+    finally:
+        if runner is not None:
+            runner.close()
+
+
+def segment_videos(
+    inputs: str | Path | Sequence[str | Path],
+    classes: str | Sequence[str | ClassSpec] | None = None,
+    *,
+    out: str | Path,
+    classes_file: str | Path | None = None,
+    config: SegmentConfig | None = None,
+    overwrite: bool = False,
+    model: Segmenter | None = None,
+    engine: str = "local",
+    on_progress: Progress | None = None,
+    ray_address: str | None = None,
+    cpus_per_worker: int | None = None,
+    **overrides: Any,
+) -> Iterator[VideoResult]:
+    """Segment many videos (files, folders, globs, @lists) into one folder each under ``out``.
+
+    Iterate the result for one ``VideoResult`` per video. The inputs and ``out`` are checked
+    at once (OvsegError); the model is loaded once, on the first iteration, or pass one
+    from ``load_model``. ``engine="ray"`` runs the videos on Ray workers instead
+    (``ray_engine``). ``overrides`` are settings of ``SegmentConfig``.
+    """
+    cfg = config or SegmentConfig()
+    if overrides:
+        cfg = from_mapping(SegmentConfig, {**to_dict(cfg), **overrides}, source="segment_videos")
+    specs = resolve_classes(classes, classes_file)
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    extra = [classes_file] if classes_file is not None else []
+    plan = plan_batch(items, specs, cfg, out=out, overwrite=overwrite, extra_inputs=extra)
+    return run_batch(
+        plan, engine=engine, model=model, on_progress=on_progress, ray_address=ray_address,
+        cpus_per_worker=cpus_per_worker,
+    )  # fmt: skip
