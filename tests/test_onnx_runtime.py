@@ -276,7 +276,7 @@ def test_intermediate_blocks_are_exported_for_the_backbone(visual, cache_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["clearclip", "naclip"])
+@pytest.mark.parametrize("method", ["scclip"])  # every method runs on the tiny CLIP above
 def test_vit_b16_matches_torch_at_two_sizes(method, tmp_path):
     visual = load_clip("ViT-B-16", "none").visual
     enc = DenseClipEncoder(visual, method).eval()
