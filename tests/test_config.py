@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ovseg_cli.config import SegmentConfig, dump_yaml, load_yaml, resolve, to_dict
+from ovseg_cli.config import SegmentConfig
+from ovseg_cli.config_io import dump_yaml, load_yaml, resolve, to_dict
 from ovseg_cli.errors import OvsegError
 
 

@@ -68,7 +68,8 @@ def test_window_with_a_checkpoint_is_refused(tmp_path: Path, tiny_checkpoint: Pa
 
 def test_example_eval_configs_are_valid() -> None:
     from ovseg_cli.cli.eval import _sections
-    from ovseg_cli.config import EvalConfig, SegmentConfig, from_mapping
+    from ovseg_cli.config import EvalConfig, SegmentConfig
+    from ovseg_cli.config_io import from_mapping
 
     files = sorted(EXAMPLES.glob("eval-*-cityscapes.yaml"))
     assert len(files) == 4

@@ -49,7 +49,7 @@ def eval_command(
     import dataclasses
 
     from ovseg_cli import distributed as dist
-    from ovseg_cli.config import from_mapping
+    from ovseg_cli.config_io import from_mapping
     from ovseg_cli.evaluation.report import run_eval
 
     sections = _sections(config)
@@ -86,7 +86,7 @@ def eval_command(
 
 def _sections(config: Path | None) -> dict[str, dict[str, Any]]:
     """The 'eval' and 'segment' sections of an eval config file (empty without one)."""
-    from ovseg_cli.config import load_yaml
+    from ovseg_cli.config_io import load_yaml
     from ovseg_cli.errors import OvsegError, did_you_mean
 
     data = load_yaml(config) if config is not None else {}

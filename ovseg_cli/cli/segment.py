@@ -76,7 +76,7 @@ def segment_command(
     """Segment videos: overlay.mp4, palette masks (--masks) and meta.json in an output folder
     per video; a batch resumes where it stopped (DIR/manifest.jsonl)."""
     from ovseg_cli.classes import resolve_classes
-    from ovseg_cli.config import resolve
+    from ovseg_cli.config_io import resolve
     from ovseg_cli.segment.batch import plan_batch
     from ovseg_cli.segment.inputs import is_batch
     from ovseg_cli.segment.run import run_segment

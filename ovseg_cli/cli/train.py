@@ -35,7 +35,7 @@ def train_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train OV2VSS on the seen classes of a prepared dataset; torchrun for many GPUs."""
-    from ovseg_cli.config import load_yaml
+    from ovseg_cli.config_io import load_yaml
     from ovseg_cli.errors import OvsegError
     from ovseg_cli.train.config import config_differences, resolve_train_config
     from ovseg_cli.train.loop import OPERATIONAL_KEYS, train

@@ -19,7 +19,8 @@ from typing import Any
 
 from ovseg_cli import __version__
 from ovseg_cli import distributed as dist
-from ovseg_cli.config import EvalConfig, SegmentConfig, to_dict
+from ovseg_cli.config import EvalConfig, SegmentConfig
+from ovseg_cli.config_io import to_dict
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.evaluation.protocol import EvalResult
 from ovseg_cli.outputs import OutputFolder, check_destination

@@ -18,7 +18,7 @@ import torch
 from ovseg_cli import __version__
 from ovseg_cli.clip.loading import ClipBundle, load_clip
 from ovseg_cli.clip.templates import templates_named
-from ovseg_cli.config import from_mapping, to_dict
+from ovseg_cli.config_io import from_mapping, to_dict
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.model.checkpoint_io import has_backup, resolve_weights, write_pair
 from ovseg_cli.model.config import ModelConfig

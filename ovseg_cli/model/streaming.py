@@ -23,7 +23,7 @@ from ovseg_cli.clip.dense import model_input_size, resize_rgb
 from ovseg_cli.clip.loading import ClipBundle
 from ovseg_cli.clip.prompts import Vocabulary, encode_vocabulary
 from ovseg_cli.clip.templates import templates_named
-from ovseg_cli.config import to_dict
+from ovseg_cli.config_io import to_dict
 from ovseg_cli.devices import autocast
 from ovseg_cli.model.backbone import FrameFeatures
 from ovseg_cli.model.ov2vss import OV2VSS

@@ -25,7 +25,8 @@ from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 from ovseg_cli.classes import ClassSpec, resolve_classes
-from ovseg_cli.config import SegmentConfig, from_mapping, to_dict
+from ovseg_cli.config import SegmentConfig
+from ovseg_cli.config_io import from_mapping, to_dict
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.outputs import check_location, read_marker, remove_stale, write_marker
 from ovseg_cli.segment.fingerprint import settings_fingerprint

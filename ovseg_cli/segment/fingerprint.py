@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ovseg_cli.classes import ClassSpec, colors_for
-from ovseg_cli.config import SegmentConfig, to_dict
+from ovseg_cli.config import SegmentConfig
+from ovseg_cli.config_io import to_dict
 
 OPERATIONAL = ("device", "batch")  # settings that do not change the output
 WEIGHTS = ("clip", "pretrained", "checkpoint")  # named by weights_identity instead

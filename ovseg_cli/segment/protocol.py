@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from ovseg_cli.config import SegmentConfig, from_mapping, to_dict
+from ovseg_cli.config import SegmentConfig
+from ovseg_cli.config_io import from_mapping, to_dict
 
 if TYPE_CHECKING:
     import numpy as np

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from ovseg_cli import __version__
 from ovseg_cli.classes import ClassSpec, colors_for, with_background
-from ovseg_cli.config import SegmentConfig, to_dict
+from ovseg_cli.config import SegmentConfig
+from ovseg_cli.config_io import to_dict
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.outputs import OutputFolder, check_destination
 from ovseg_cli.segment.fingerprint import settings_fingerprint

@@ -33,7 +33,8 @@ import torch
 
 from ovseg_cli.classes import ClassSpec, resolve_classes, with_background
 from ovseg_cli.clip.prompts import Vocabulary
-from ovseg_cli.config import SegmentConfig, default_of, from_mapping, to_dict
+from ovseg_cli.config import SegmentConfig, default_of
+from ovseg_cli.config_io import from_mapping, to_dict
 from ovseg_cli.segment.masks import logits_to_mask
 from ovseg_cli.segment.propagation import Flow, FlowEstimator, KeyframeSettings, propagate_scores
 from ovseg_cli.segment.protocol import Segmenter, load_model

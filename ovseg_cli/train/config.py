@@ -18,15 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ovseg_cli.config import (
-    CLASS_SPLITS,
-    PRECISIONS,
-    from_mapping,
-    load_yaml,
-    setting,
-    to_dict,
-    validate,
-)
+from ovseg_cli.config import CLASS_SPLITS, PRECISIONS, setting, validate
+from ovseg_cli.config_io import from_mapping, load_yaml, to_dict
 from ovseg_cli.errors import OvsegError, did_you_mean
 from ovseg_cli.model.config import ModelConfig
 

@@ -147,7 +147,7 @@ def train(
     from ovseg_cli.clip.loading import load_clip
     from ovseg_cli.clip.prompts import encode_vocabulary
     from ovseg_cli.clip.templates import templates_named
-    from ovseg_cli.config import dump_yaml
+    from ovseg_cli.config_io import dump_yaml
     from ovseg_cli.datasets.index import check_files, load_index
     from ovseg_cli.evaluation.protocol import class_specs
     from ovseg_cli.model.ov2vss import OV2VSS

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ovseg_cli.clip.loading import ClipBundle
-from ovseg_cli.config import to_dict
+from ovseg_cli.config_io import to_dict
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.model.checkpoint import read_metadata, read_weights, save_checkpoint
 from ovseg_cli.model.ov2vss import OV2VSS

@@ -1,0 +1,147 @@
+"""Config dataclasses to and from YAML and command-line values: types checked, unknown keys refused.
+
+The settings themselves are declared in ``ovseg_cli.config``; this module reads them from a
+YAML file and the command line (defaults, then the file, then overrides) and writes the
+resolved values that every run and checkpoint keeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ovseg_cli.errors import OvsegError, did_you_mean
+
+T = TypeVar("T")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
+    """Convert a YAML or command-line value to the declared type of a setting."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        # "none" is a real value of some text settings (--pretrained none): only null clears them
+        empty = ("null", "") if inner[0] is str else ("none", "null", "")
+        is_none = value is None or (isinstance(value, str) and value.lower() in empty)
+        if is_none and type(None) in args:
+            return None
+        for kind in inner[:-1]:  # int | str: "4" is 4, "auto" stays text
+            try:
+                return _coerce(value, kind, key, source)
+            except OvsegError:
+                continue
+        return _coerce(value, inner[-1], key, source)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, Mapping):
+            raise OvsegError(f"{source}: {key} must be a mapping of settings")
+        return from_mapping(annotation, value, source=source, prefix=f"{key}.")
+    try:
+        if annotation is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1"):
+                return True
+            if isinstance(value, str) and value.lower() in ("false", "no", "off", "0"):
+                return False
+            raise ValueError(value)
+        if annotation is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if annotation is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            number = float(value)
+            if not math.isfinite(number):  # nan and inf pass every range check silently
+                raise OvsegError(f"{source}: {key} must be a finite number, not {value!r}")
+            return number
+        if annotation is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError(value)
+            return str(value)
+        if origin in (list, tuple):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            conv = [_coerce(v, args[0], key, source) for v in items]
+            return tuple(conv) if origin is tuple else conv
+    except (TypeError, ValueError):
+        name = getattr(annotation, "__name__", str(annotation))
+        raise OvsegError(f"{source}: {key} must be {name}, not {value!r}") from None
+    return value
+
+
+def from_mapping(cls: type[T], data: Mapping[str, Any], *, source: str, prefix: str = "") -> T:
+    """Build a config dataclass from a mapping, refusing unknown keys with a suggestion."""
+    hints = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        norm = str(key).replace("-", "_")
+        if norm not in names:
+            raise OvsegError(
+                f"{source}: unknown setting {prefix + str(key)!r}" + did_you_mean(norm, names)
+            )
+        values[norm] = _coerce(value, hints[norm], f"{prefix}{norm}", source)
+    return cls(**values)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping from a file, with one-line errors."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise OvsegError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise OvsegError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise OvsegError(f"{p}: a config file must hold a mapping of settings")
+    return data
+
+
+def resolve(
+    cls: type[T], config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> T:
+    """Defaults, then the YAML file, then explicit overrides (None values are ignored)."""
+    merged: dict[str, Any] = {}
+    if config_file is not None:
+        merged.update(load_yaml(config_file))
+    source = str(config_file) if config_file is not None else "settings"
+    base = from_mapping(cls, merged, source=source)
+    extra = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if not extra:
+        return base
+    return from_mapping(cls, {**to_dict(base), **extra}, source="command line")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-data form of a config dataclass (for JSON/YAML; tuples become lists)."""
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def dump_yaml(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
