@@ -1,6 +1,6 @@
 """Output folders that appear complete or not at all, and never replace what ovseg did not write.
 
-Everything is written into a hidden sibling folder ``.NAME.partial-XXXXXXXX``, which is
+Everything is written into a hidden sibling folder ``.NAME.partial-<8 random hex digits>``, which is
 renamed into place when the run succeeds; on any failure or signal it is deleted. Every
 folder ovseg writes holds a marker file (``.ovseg-output.json``: the kind of output, the
 version, and the writer's pid and host). ``--overwrite`` replaces only a folder with that
@@ -158,16 +158,20 @@ def check_destination(
     return final
 
 
+def _partials(final: Path) -> list[tuple[Path, dict[str, Any] | None]]:
+    """The partial folders beside ``final`` with their markers (None: not a marked folder)."""
+    prefix = f".{final.name}.partial-"
+    try:
+        siblings = sorted(p for p in final.parent.iterdir() if p.name.startswith(prefix))
+    except OSError:
+        return []
+    return [(p, read_marker(p) if p.is_dir() and not p.is_symlink() else None) for p in siblings]
+
+
 def remove_stale(final: Path) -> list[Path]:
     """Clear what killed runs left beside ``final``; returns the folders removed."""
     removed: list[Path] = []
-    prefix = f".{final.name}.partial-"
-    try:
-        siblings = [p for p in final.parent.iterdir() if p.name.startswith(prefix)]
-    except OSError:
-        return removed
-    for p in sorted(siblings):
-        marker = read_marker(p) if p.is_dir() and not p.is_symlink() else None
+    for p, marker in _partials(final):
         if marker is None or not writer_gone(marker.get("writer")):
             continue  # not ours, or its writer may still be running
         if marker.get("committing") and not final.exists():
@@ -186,14 +190,8 @@ def remove_abandoned(final: Path, writer: dict[str, Any]) -> list[Path]:
     another machine (``remove_stale`` only judges writers of its own host).
     """
     removed: list[Path] = []
-    prefix = f".{final.name}.partial-"
-    try:
-        siblings = [p for p in final.parent.iterdir() if p.name.startswith(prefix)]
-    except OSError:
-        return removed
     keys = ("pid", "start", "host")
-    for p in sorted(siblings):
-        marker = read_marker(p) if p.is_dir() and not p.is_symlink() else None
+    for p, marker in _partials(final):
         found = marker.get("writer") if marker is not None else None
         if not isinstance(found, dict) or any(found.get(k) != writer.get(k) for k in keys):
             continue  # not ours, or another writer's
