@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import torch
@@ -17,6 +18,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     """The torch device for a --device value, refusing ones this machine lacks."""
     name = name.strip().lower()
     if name == "auto":
+        # $OVSEG_DEVICE says what auto means (the test suite: cpu, wherever it runs)
+        chosen = os.environ.get("OVSEG_DEVICE", "").strip().lower()
+        if chosen and chosen != "auto":
+            try:
+                return resolve_device(chosen)
+            except OvsegError as exc:
+                raise OvsegError(f"$OVSEG_DEVICE: {exc}") from None
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():

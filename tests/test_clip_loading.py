@@ -15,6 +15,7 @@ from ovseg_cli.clip.loading import (
     load_clip,
     register_project_configs,
     save_random_weights,
+    tensors_only_loading,
 )
 from ovseg_cli.errors import OvsegError
 
@@ -52,6 +53,44 @@ def test_pickled_checkpoint_loads_with_weights_only(tmp_path: Path, tiny_weights
     torch.save({"state_dict": load_file(str(tiny_weights))}, path)
     bundle = load_clip("ovseg-tiny", str(path))
     assert _same_weights(bundle.model, load_clip("ovseg-tiny", str(tiny_weights)).model)
+
+
+class _Payload:
+    """Pickles to a call that creates `marker`: proof, if the file appears, that code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_tensors_only_loading_whatever_the_caller_asks(tmp_path: Path) -> None:
+    import pickle
+
+    marker, evil = tmp_path / "ran", tmp_path / "evil.pt"
+    torch.save({"w": _Payload(marker)}, evil)
+    original = torch.load
+    with tensors_only_loading(), pytest.raises(pickle.UnpicklingError):
+        torch.load(evil, map_location="cpu", weights_only=False, pickle_module=pickle)
+    assert not marker.exists()
+    assert torch.load is original  # restored on the way out
+
+
+def test_pickle_refused_by_ovseg_even_where_open_clip_would_unpickle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # open_clip 2.26 asked torch.load for full unpickling: the refusal must not depend on it
+    def old_open_clip_create(name: str, pretrained: str | None = None, **kwargs: object):
+        torch.load(pretrained, map_location="cpu", weights_only=False)
+        raise AssertionError("the pickle was unpickled")
+
+    marker, evil = tmp_path / "ran", tmp_path / "weights.pt"
+    evil.write_bytes(__import__("pickle").dumps({"w": _Payload(marker)}, protocol=4))
+    monkeypatch.setattr(open_clip, "create_model", old_open_clip_create)
+    with pytest.raises(OvsegError, match=r"convert it to \.safetensors$"):
+        load_clip("ovseg-tiny", str(evil))
+    assert not marker.exists()
 
 
 @pytest.fixture

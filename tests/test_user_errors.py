@@ -212,9 +212,11 @@ def test_classes_with_a_colon_are_read_like_a_classes_file() -> None:
 
 
 def test_pickle_refusal_is_a_whole_sentence_without_warnings(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
     class Payload:
         def __reduce__(self):
-            return (os.system, ("echo pwned",))
+            return (os.system, (f"echo pwned; touch {marker}",))
 
     evil = tmp_path / "weights.pt"
     evil.write_bytes(pickle.dumps({"w": Payload()}, protocol=4))
@@ -225,7 +227,7 @@ def test_pickle_refusal_is_a_whole_sentence_without_warnings(tmp_path: Path) -> 
         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
-    assert "pwned" not in proc.stdout + proc.stderr
+    assert "pwned" not in proc.stdout + proc.stderr and not marker.exists()
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert lines[0].endswith("convert it to .safetensors"), lines[0]

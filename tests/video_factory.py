@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import struct
+from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -49,6 +50,45 @@ def _rotation_matrix(clockwise: int) -> list[int]:
     # Rows (a b u), (c d v), (x y w) map (x, y) to (a*x + c*y, b*x + d*y) before translation:
     # for 90 that is (-y, x), a clockwise quarter turn in y-down image coordinates.
     return [cos * one, sin * one, 0, -sin * one, cos * one, 0, 0, 0, 1 << 30]
+
+
+def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(type, payload start, box end) of the ISO-BMFF boxes in data[start:end]."""
+    while start + 8 <= end:
+        size, kind = struct.unpack(">I4s", data[start : start + 8])
+        header = 8
+        if size == 1:
+            size, header = struct.unpack(">Q", data[start + 8 : start + 16])[0], 16
+        elif size == 0:
+            size = end - start
+        yield kind, start + header, start + size
+        start += size
+
+
+def _set_display_matrix(path: Path, matrix: list[int]) -> None:
+    """Write `matrix` into the video track's header (tkhd) of an mp4/mov file in place.
+
+    Written into the file's bytes, not through PyAV (whose API for it arrived in 17.1), so
+    every PyAV version ovseg allows makes the same test files.
+    """
+    data = bytearray(path.read_bytes())
+    moov = next((b for b in _boxes(data, 0, len(data)) if b[0] == b"moov"), None)
+    if moov is None:
+        raise ValueError(f"{path}: no moov box (rotation needs an mp4 or mov file)")
+    for kind, start, end in _boxes(data, moov[1], moov[2]):
+        inner = {k: (s, e) for k, s, e in _boxes(data, start, end)} if kind == b"trak" else {}
+        mdia = inner.get(b"mdia")
+        hdlr = mdia and {k: s for k, s, _ in _boxes(data, *mdia)}.get(b"hdlr")
+        if b"tkhd" not in inner or not hdlr or data[hdlr + 8 : hdlr + 12] != b"vide":
+            continue
+        tkhd = inner[b"tkhd"][0]
+        # version/flags, two times, track id, 4 reserved, duration (times and duration 4
+        # bytes each in v0, 8 in v1), then 8 reserved, layer, group, volume, 2 reserved
+        offset = tkhd + (40 if data[tkhd] == 0 else 52)
+        data[offset : offset + 36] = struct.pack(">9i", *matrix)
+        path.write_bytes(bytes(data))
+        return
+    raise ValueError(f"{path}: no video track header found")
 
 
 def _add_audio(container: av.container.OutputContainer, codec: str, rate: int) -> av.AudioStream:
@@ -132,8 +172,6 @@ def make_video(
         video.width, video.height = width, height
         video.pix_fmt = "yuv444p" if odd else "yuv420p"
         video.codec_context.time_base = time_base
-        if rotate:
-            video.set_display_matrix(_rotation_matrix(rotate))
         audio_stream = _add_audio(out, audio_codec, 44100) if audio else None
         for i, ts in enumerate(pts):
             rgb = corner_marker_frame(size) if pattern == "corner" else expected_frame(i, size)
@@ -144,6 +182,8 @@ def make_video(
         if audio_stream is not None:
             seconds = float((pts[-1] - pts[0]) * time_base) + float(1 / rate) if pts else 1.0
             _write_audio(out, audio_stream, seconds, audio_codec, 44100)
+    if rotate:
+        _set_display_matrix(path, _rotation_matrix(rotate))
     return path
 
 

@@ -40,18 +40,28 @@ def _hub_file(cfg: dict[str, Any]) -> tuple[str, list[str]] | None:
 def weight_locations(arch: str, tag: str, cache_dir: str | None = None) -> list[str]:
     """Places where the weights of (arch, tag) are looked for, for messages."""
     import open_clip
-    from huggingface_hub import constants
 
     cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
     places = []
     hub = _hub_file(cfg)
     if hub:
-        base = Path(cache_dir or constants.HF_HUB_CACHE)
+        base = Path(hub_cache(cache_dir))
         folder = "models--" + hub[0].replace("/", "--")
         places.append(f"{base / folder} ({' or '.join(hub[1])})")
     elif cfg.get("url"):
         places.append(str(Path(cache_dir or URL_CACHE) / os.path.basename(cfg["url"])))
     return places
+
+
+def hub_cache(cache_dir: str | None = None) -> str:
+    """The Hugging Face cache folder: ``cache_dir``, else the hub's, read now.
+
+    Passed explicitly to every lookup, so ovseg looks where it says it looks: in
+    huggingface_hub 0.20-0.24 (at least) a lookup's default was fixed at import.
+    """
+    from huggingface_hub import constants
+
+    return str(cache_dir or constants.HF_HUB_CACHE)
 
 
 def cached_weights(arch: str, tag: str, cache_dir: str | None = None) -> Path | None:
@@ -65,7 +75,7 @@ def cached_weights(arch: str, tag: str, cache_dir: str | None = None) -> Path | 
     hub = _hub_file(cfg)
     if hub:
         for name in hub[1]:
-            found = try_to_load_from_cache(hub[0], name, cache_dir=cache_dir)
+            found = try_to_load_from_cache(hub[0], name, cache_dir=hub_cache(cache_dir))
             if isinstance(found, str) and Path(found).is_file():
                 return Path(found)
     elif cfg.get("url"):
@@ -148,11 +158,11 @@ def cached_hub_snapshot(repo: str, cache_dir: str | None) -> Path | None:
     from huggingface_hub import try_to_load_from_cache
     from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
-    config = try_to_load_from_cache(repo, HF_CONFIG_NAME, cache_dir=cache_dir)
+    config = try_to_load_from_cache(repo, HF_CONFIG_NAME, cache_dir=hub_cache(cache_dir))
     if not isinstance(config, str):
         return None
     for name in (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME):
-        found = try_to_load_from_cache(repo, name, cache_dir=cache_dir)
+        found = try_to_load_from_cache(repo, name, cache_dir=hub_cache(cache_dir))
         if isinstance(found, str) and Path(found).parent == Path(config).parent:
             return Path(config).parent
     return None

@@ -9,9 +9,12 @@ open_clip way, not forked into code.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from ovseg_cli.clip.cache import (
     cached_hub_snapshot,
     cached_weights,
     download_tag,
+    hub_cache,
     hub_offline,
     quiet_open_clip,
     reachable,
@@ -126,10 +130,38 @@ def _preprocess_of(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg}
 
 
+_TORCH_LOAD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def tensors_only_loading() -> Iterator[None]:
+    """Inside, every ``torch.load`` (open_clip's included) unpickles tensors and nothing else.
+
+    ovseg's promise that a weights file never runs code must not rest on what a given
+    open_clip version asks torch for (2.26 asked for full unpickling), so whatever the caller
+    passes, ``weights_only=True`` is what torch gets.
+    """
+    import torch
+
+    original = torch.load
+
+    def load(f: Any, map_location: Any = None, pickle_module: Any = None, **kwargs: Any) -> Any:
+        # no pickle_module: only torch's restricted unpickler, never the caller's
+        kwargs["weights_only"] = True
+        return original(f, map_location, **kwargs)
+
+    with _TORCH_LOAD_LOCK:
+        torch.load = load
+        try:
+            yield
+        finally:
+            torch.load = original
+
+
 def _create(name: str, **kwargs: Any) -> Any:
     import open_clip
 
-    with quiet_open_clip():
+    with quiet_open_clip(), tensors_only_loading():
         return open_clip.create_model(name, device="cpu", **kwargs)
 
 
@@ -303,7 +335,7 @@ def _load_hub_repo(model_name: str, cache_dir: str | None) -> tuple[Any, str]:
         # load the cached snapshot as a local folder: no network round trip, works offline
         name = f"local-dir:{snapshot}"
     else:
-        where = Path(cache_dir or constants.HF_HUB_CACHE) / ("models--" + repo.replace("/", "--"))
+        where = Path(hub_cache(cache_dir)) / ("models--" + repo.replace("/", "--"))
         advice = "download it on a connected machine, or pass --pretrained with a local file"
         if hub_offline():
             raise OvsegError(

@@ -46,6 +46,11 @@ _PROBE_FRAMES = 8
 _PROBE_PACKETS = 64
 # A demuxer that keeps failing without progress would otherwise loop forever.
 _MAX_DEMUX_ERRORS = 32
+# A badly encoded tag must not make the whole file unreadable: PyAV 19 reads every tag as
+# UTF-8 with surrogateescape (and dropped the argument); before it, ask for "replace".
+_OPEN_OPTIONS: dict[str, str] = (
+    {"metadata_errors": "replace"} if int(av.__version__.split(".")[0]) < 19 else {}
+)
 
 
 @dataclass(frozen=True)
@@ -113,8 +118,7 @@ def open_input(path: str | Path) -> tuple[Path, Any]:
     if p.is_dir():
         raise OvsegError(f"{p}: is a directory, not a video file")
     try:
-        # "replace": a badly encoded tag must not make the whole file unreadable.
-        return p, av.open(str(p), mode="r", metadata_errors="replace")
+        return p, av.open(str(p), mode="r", **_OPEN_OPTIONS)
     except (av.error.FFmpegError, OSError) as exc:
         raise OvsegError(f"{p}: not a readable media file ({error_reason(exc)})") from None
 
@@ -267,12 +271,18 @@ class VideoReader:
             probe_container.close()
         # A fresh container is cheaper and safer than seeking back over the probed packets.
         self._container = open_input(p)[1]
-        self._stream = self._container.streams.video[0]
-        self._stream.thread_type = "AUTO"
-        cc = self._stream.codec_context
-        self._coded_size = (cc.width, cc.height) if cc.width and cc.height else None
-        if self.start > 0 and self._timing.mode != "count":
-            self._seek()
+        try:
+            self._stream = self._container.streams.video[0]
+            self._stream.thread_type = "AUTO"
+            cc = self._stream.codec_context
+            self._coded_size = (cc.width, cc.height) if cc.width and cc.height else None
+            if self.start > 0 and self._timing.mode != "count":
+                self._seek()
+        except BaseException:
+            # never leave an open container to the garbage collector: freeing one while an
+            # FFmpeg thread waits for the GIL in PyAV's log callback deadlocks (PyAV 12)
+            self._container.close()
+            raise
 
     def _seek(self) -> None:
         tb = self.info.time_base

@@ -35,6 +35,11 @@ _VIDEO_ENCODERS = ("libx264", "libopenh264", "mpeg4")
 # Codecs that mp4 muxes as-is and common players accept; anything else becomes AAC.
 _MP4_AUDIO_COPY = frozenset({"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"})
 _MPEG4_MAX_TB_DEN = 65535
+# Codec options (AVOptions), not attributes: they mean the same in every PyAV version.
+_ENCODER_OPTIONS = {
+    "libx264": {"preset": "veryfast", "crf": "20"},
+    "mpeg4": {"global_quality": str(3 * 118)},  # qscale 3 in lambda units (FF_QP2LAMBDA)
+}
 
 
 @cache
@@ -222,7 +227,7 @@ class VideoWriter:
             raise
 
     def _add_video_stream(self) -> Any:
-        options = {"preset": "veryfast", "crf": "20"} if self.codec_name == "libx264" else {}
+        options = _ENCODER_OPTIONS.get(self.codec_name, {})
         try:
             stream = self._out.add_stream(
                 self.codec_name, rate=self.info.average_rate, options=options
@@ -237,8 +242,7 @@ class VideoWriter:
         cc.time_base = self._enc_tb
         cc.thread_count = 0  # let the encoder pick the thread count
         if self.codec_name == "mpeg4":
-            cc.qscale = True
-            cc.global_quality = 3 * 118  # qscale 3 in lambda units (FF_QP2LAMBDA)
+            cc.qscale = True  # with _ENCODER_OPTIONS' global_quality: a fixed quantiser
         elif self.codec_name == "libopenh264":
             cc.bit_rate = max(1_000_000, int(self._width * self._height * 4))
         return stream
