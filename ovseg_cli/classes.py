@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import colorsys
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,18 @@ def _key(name: str) -> str:
     return " ".join(name.lower().split())
 
 
+def _check_printable(spec: ClassSpec, source: str) -> None:
+    """Refuse control characters: they end up in labelmap.txt, meta.json and exports."""
+    for text in (spec.name, *spec.prompts):
+        bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Cs")), None)
+        if bad is not None:
+            hint = " (a UTF-16 file? save it as UTF-8)" if bad == "\x00" else ""
+            raise OvsegError(
+                f"{source}: class {spec.name!r} contains the control character "
+                f"U+{ord(bad):04X}{hint}"
+            )
+
+
 def _validated(specs: list[ClassSpec], source: str) -> list[ClassSpec]:
     if not specs:
         raise OvsegError(f"{source}: no class names given")
@@ -79,6 +92,7 @@ def _validated(specs: list[ClassSpec], source: str) -> list[ClassSpec]:
         )
     seen: dict[str, str] = {}
     for spec in specs:
+        _check_printable(spec, source)
         if ":" in spec.name:  # CVAT's labelmap and our own syntax use it as a separator
             raise OvsegError(f"{source}: class name {spec.name!r} contains ':'")
         k = _key(spec.name)

@@ -275,6 +275,11 @@ def _check_segment(cfg: SegmentConfig) -> None:
     _check_range("stride", cfg.stride, 16, MAX_SIDE, " pixels")
     if cfg.stride is not None and cfg.window is None:
         raise OvsegError("stride needs window (the sliding windows it steps between)")
+    if cfg.stride is not None and cfg.window is not None and cfg.stride > cfg.window:
+        raise OvsegError(
+            f"stride ({cfg.stride} px) must not exceed window ({cfg.window} px): the windows "
+            "would leave parts of the image unseen"
+        )
     if cfg.start < 0:
         raise OvsegError(f"start must be >= 0 seconds, not {cfg.start}")
     if cfg.end is not None and cfg.end <= cfg.start:

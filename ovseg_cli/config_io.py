@@ -24,7 +24,7 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
+def coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
     """Convert a YAML or command-line value to the declared type of a setting."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -37,10 +37,10 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
             return None
         for kind in inner[:-1]:  # int | str: "4" is 4, "auto" stays text
             try:
-                return _coerce(value, kind, key, source)
+                return coerce(value, kind, key, source)
             except OvsegError:
                 continue
-        return _coerce(value, inner[-1], key, source)
+        return coerce(value, inner[-1], key, source)
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, Mapping):
             raise OvsegError(f"{source}: {key} must be a mapping of settings")
@@ -71,7 +71,7 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
             return str(value)
         if origin in (list, tuple):
             items = value.split(",") if isinstance(value, str) else list(value)
-            conv = [_coerce(v, args[0], key, source) for v in items]
+            conv = [coerce(v, args[0], key, source) for v in items]
             return tuple(conv) if origin is tuple else conv
     except (TypeError, ValueError):
         name = getattr(annotation, "__name__", str(annotation))
@@ -90,7 +90,7 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], *, source: str, prefix: 
             raise OvsegError(
                 f"{source}: unknown setting {prefix + str(key)!r}" + did_you_mean(norm, names)
             )
-        values[norm] = _coerce(value, hints[norm], f"{prefix}{norm}", source)
+        values[norm] = coerce(value, hints[norm], f"{prefix}{norm}", source)
     return cls(**values)
 
 

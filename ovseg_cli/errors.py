@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import signal
 import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -19,6 +21,14 @@ class OvsegError(Exception):
     """A problem with the user's input or environment, reported as one line."""
 
     exit_code = 2
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether an error means the disk filled up (however the library reporting it wraps it)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    text = str(exc)  # safetensors and some codecs wrap the OS error in their own type
+    return "No space left on device" in text or "StorageFull" in text
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -55,28 +65,36 @@ def last_stop_signal() -> int | None:
     return _received[-1] if _received else None
 
 
+@dataclass
+class StopState:
+    """The stop signal received within a ``stop_signals`` block, if any."""
+
+    signum: int | None = None
+
+
 @contextlib.contextmanager
-def stop_signals() -> Iterator[None]:
+def stop_signals() -> Iterator[StopState]:
     """Within the block, each stop signal raises Interrupted once; later ones wait for cleanup.
 
     Schedulers send SIGTERM and closing a terminal sends SIGHUP: both must clean up like
-    Ctrl-C instead of dying on the default handler with partial output on disk.
+    Ctrl-C instead of dying on the default handler with partial output on disk. The state
+    yielded says which signal came, for an Interrupted that surfaced as another error (an
+    extension module's import turns it into ImportError, a blocking open() into EINTR).
     """
+    state = StopState()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield state
         return
-    raised = False
 
     def handle(signum: int, frame: Any) -> None:
-        nonlocal raised
-        if not raised:  # a second signal must not cut the cleanup of the first short
-            raised = True
+        if state.signum is None:  # a second signal must not cut the cleanup of the first short
+            state.signum = signum
             _received.append(signum)
             raise Interrupted(signum)
 
     old = {s: signal.signal(s, handle) for s in STOP_SIGNALS}
     try:
-        yield
+        yield state
     finally:
         for s, h in old.items():
             signal.signal(s, h)

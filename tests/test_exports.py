@@ -52,24 +52,85 @@ def coco_index_masks(path: Path) -> dict[str, np.ndarray]:
     return {img["file_name"]: masks[img["id"]] for img in data["images"]}
 
 
+def parse_labelmap(text: str) -> dict[str, tuple[int, ...]]:
+    """labelmap.txt as CVAT reads it: label name -> colour, in line order."""
+    labelmap = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        name, color, parts, actions = line.split(":")
+        assert name not in labelmap and parts == actions == ""
+        labelmap[name] = tuple(int(v) for v in color.split(","))
+    return labelmap
+
+
 def read_cvat(path: Path) -> tuple[dict[str, tuple[int, ...]], list[str], dict[str, np.ndarray]]:
     """(labelmap name -> colour, frame names of default.txt, frame name -> (H, W, 3) mask)."""
     with zipfile.ZipFile(path) as z:
-        labelmap = {}
-        for line in z.read("labelmap.txt").decode().splitlines():
-            if line.startswith("#"):
-                continue
-            name, color, parts, actions = line.split(":")
-            assert name not in labelmap and parts == actions == ""
-            labelmap[name] = tuple(int(v) for v in color.split(","))
+        labelmap = parse_labelmap(z.read("labelmap.txt").decode())
         frames = z.read("ImageSets/Segmentation/default.txt").decode().split()
         masks = {}
         for frame in frames:
             img = Image.open(io.BytesIO(z.read(f"SegmentationClass/{frame}.png")))
             assert img.mode == "RGB"
             masks[frame] = np.asarray(img)
-        assert len(z.namelist()) == len(frames) + 2
+        assert len(z.namelist()) == 2 * len(frames) + 2  # + SegmentationObject/ per frame
     return labelmap, frames, masks
+
+
+def voc_colormap() -> dict[tuple[int, int, int], int]:
+    """PASCAL VOC's colour of each id (the devkit's labelcolormap), colour -> id."""
+    colormap = {}
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r, g, b = (
+                r | (c & 1) << (7 - j),
+                g | (c >> 1 & 1) << (7 - j),
+                b | (c >> 2 & 1) << (7 - j),
+            )
+            c >>= 3
+        colormap[(r, g, b)] = i
+    return colormap
+
+
+def decode_colors(rgb: np.ndarray, ids: dict[tuple[int, int, int], int]) -> np.ndarray:
+    """(H, W) ids of an (H, W, 3) image by colour; every colour must have an id."""
+    colors, inverse = np.unique(rgb.reshape(-1, 3), axis=0, return_inverse=True)
+    for c in colors:
+        assert tuple(int(v) for v in c) in ids, f"colour {tuple(c)} has no id"
+    table = np.array([ids[tuple(int(v) for v in c)] for c in colors])
+    return table[inverse.ravel()].reshape(rgb.shape[:2])
+
+
+def cvat_instances(path: Path) -> dict[str, list[tuple[str, int, np.ndarray]]]:
+    """frame -> [(label, instance id, pixels)]: cvat.zip read as CVAT documents the format.
+
+    labelmap.txt names the label colours, ImageSets/Segmentation/default.txt lists the
+    frames, SegmentationClass/ gives each pixel its label's colour and SegmentationObject/
+    its instance's VOC colour; instance 0 (black) is background and imports as nothing.
+    """
+    with zipfile.ZipFile(path) as z:
+        labelmap = parse_labelmap(z.read("labelmap.txt").decode())
+        label_ids = {c: i for i, c in enumerate(labelmap.values())}
+        frames = z.read("ImageSets/Segmentation/default.txt").decode().split()
+        found = {}
+        for frame in frames:
+            classes = decode_colors(_rgb(z.read(f"SegmentationClass/{frame}.png")), label_ids)
+            objects = decode_colors(_rgb(z.read(f"SegmentationObject/{frame}.png")), voc_colormap())
+            background = list(labelmap).index("background")
+            np.testing.assert_array_equal(objects == 0, classes == background)
+            found[frame] = []
+            for instance in np.unique(objects[objects > 0]).tolist():
+                pixels = objects == instance
+                (label,) = np.unique(classes[pixels]).tolist()  # one label per instance
+                found[frame].append((list(labelmap)[label], instance, pixels))
+    return found
+
+
+def _rgb(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
 def cvat_index_mask(rgb: np.ndarray, labelmap: dict, names: list[str]) -> np.ndarray:
@@ -150,6 +211,25 @@ def test_every_export_round_trips_synthetic_masks(tmp_path: Path) -> None:
     assert [t["pixels"] for t in totals] == [sum((m == c).sum() for m in masks) for c in range(3)]
     assert meta["stats"]["unlabelled"]["pixels"] == sum((m == 255).sum() for m in masks)
     assert [t["frames_present"] for t in totals] == [3, 3, 4]
+
+
+def test_cvat_zip_has_segmentation_object_one_instance_per_class(tmp_path: Path) -> None:
+    """SegmentationObject/ as CVAT exports it, so CVAT's importer has instances to read."""
+    masks = _masks(5)
+    meta = _export(tmp_path, masks)
+    instances = cvat_instances(tmp_path / "cvat.zip")
+    assert list(instances) == [f"frame_{i:06d}" for i in range(5)]
+    for m, found in zip(masks, instances.values(), strict=True):
+        labels = [label for label, _, _ in found]
+        assert len(labels) == len(set(labels))  # one instance per class and frame
+        rebuilt = np.full(m.shape, UNLABELLED, np.uint8)
+        for label, instance, pixels in found:
+            assert instance == NAMES.index(label) + 1  # the same id in every frame
+            rebuilt[pixels] = NAMES.index(label)
+        # exactly the class mask, "background" (1) merged into CVAT's background
+        np.testing.assert_array_equal(rebuilt, np.where(m == 1, UNLABELLED, m))
+    assert [len(f) for f in instances.values()] == [2, 2, 1, 0, 2]
+    assert "SegmentationObject" in meta["cvat"]["instances"]
 
 
 def test_frame_numbers_count_from_the_start_of_the_video(tmp_path: Path) -> None:
@@ -261,8 +341,30 @@ def test_cli_cvat_round_trip(exported) -> None:
     names = ["road", "sky", "horse", "other"]
     assert list(labelmap) == ["background", *names] and labelmap["road"] == (255, 0, 0)
     assert frames == [f"frame_{int(k):06d}" for k in masks]
+    instances = cvat_instances(out / "cvat.zip")
     for key, frame in zip(masks, frames, strict=True):
         np.testing.assert_array_equal(cvat_index_mask(rgb[frame], labelmap, names), masks[key])
+        rebuilt = np.full(masks[key].shape, UNLABELLED, np.uint8)
+        for label, instance, pixels in instances[frame]:
+            assert instance == names.index(label) + 1
+            rebuilt[pixels] = names.index(label)
+        np.testing.assert_array_equal(rebuilt, masks[key])
+
+
+def test_run_folder_labelmap_declares_black_for_unlabelled_pixels(exported) -> None:
+    """--masks' labelmap.txt names every colour of the palette masks, black (255) included."""
+    out, masks = exported
+    labelmap = parse_labelmap((out / "labelmap.txt").read_text())
+    names = ["road", "sky", "horse", "other"]
+    # line i is class i (pixel value i); CVAT's black background comes after the classes
+    assert list(labelmap) == [*names, "background"] and labelmap["background"] == (0, 0, 0)
+    assert labelmap == read_cvat(out / "cvat.zip")[0]  # the zip's labels, colour for colour
+    for key, index in masks.items():
+        img = Image.open(out / "masks" / f"{key}.png")
+        palette = np.asarray(img.getpalette()).reshape(-1, 3)
+        assert [tuple(c) for c in palette[: len(labelmap)]] == list(labelmap.values())
+        rgb = np.asarray(img.convert("RGB"))  # what readers of colours (CVAT, datumaro) see
+        np.testing.assert_array_equal(cvat_index_mask(rgb, labelmap, names), index)
 
 
 def test_cli_stats_sum_to_frame_area_and_match_meta(exported) -> None:

@@ -4,6 +4,7 @@ than the traced one, and the export cache (reuse, damage, staleness, external we
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import shutil
@@ -286,3 +287,202 @@ def test_vit_b16_matches_torch_at_two_sizes(method, tmp_path):
         with torch.no_grad():
             ref = enc(x).embeddings
         assert max_diff(onx(x).embeddings, ref) <= TOLERANCE
+
+
+# --- hostile input: thread counts, unwritable caches, entries holding another graph ---
+
+
+def test_huge_onnx_threads_are_capped_at_the_usable_cores(visual, cache_dir, monkeypatch, caplog):
+    """OVSEG_ONNX_THREADS=100000 crashed ONNX Runtime (segfault, no message): far more threads
+    than cores reach the session as the usable cores, with a warning naming the variable."""
+    from ovseg_cli.runtime import onnx_session
+
+    monkeypatch.setattr(onnx_session.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setenv("OVSEG_ONNX_THREADS", "64")  # 64 on 1 core: few enough for old code
+    enc = DenseClipEncoder(visual, "clearclip").eval()
+    with caplog.at_level(logging.WARNING, logger="ovseg"):
+        onx, _ = load(enc, cache_dir)
+    assert onx.info["threads"] == 1
+    assert "OVSEG_ONNX_THREADS=64 is more than 4 threads" in caplog.text
+    with caplog.at_level(logging.WARNING, logger="ovseg"):
+        direct = onnx_encoder(enc, "ovseg-tiny", threads=100, cache_dir=cache_dir)
+    assert direct.info["threads"] == 1 and "threads=100 is more" in caplog.text
+
+
+def _make_read_only(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``folder`` and everything in it read-only, as on a read-only file system.
+
+    chmod does it for a normal user; root ignores the mode, so there creating a folder under
+    it fails as a read-only mount makes it fail (EROFS). Every write of the cache starts by
+    creating a folder (its root, or an entry's temporary folder), so none can succeed."""
+    import errno
+    import os
+
+    for path in [*folder.rglob("*"), folder]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        (folder / ".probe").mkdir()
+    except PermissionError:
+        return  # the mode holds: a real read-only folder
+    (folder / ".probe").rmdir()
+    real_mkdir = os.mkdir
+
+    def mkdir(path, mode=0o777, *, dir_fd=None):
+        if Path(path).is_relative_to(folder):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_mkdir(path, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+
+
+@pytest.fixture
+def writable_again(tmp_path: Path):
+    """Give the test's folders their modes back, so that pytest can remove them."""
+    yield
+    for path in [tmp_path, *tmp_path.rglob("*")]:
+        path.chmod(0o755)
+
+
+def _place(visual, requested: str):
+    """place_encoder on the tiny CLIP as segment does it: the cache comes from OVSEG_CACHE_DIR."""
+    from ovseg_cli.runtime import place_encoder
+
+    enc = DenseClipEncoder(visual, "clearclip").eval()
+    seen: list[str] = []
+    with export_listener(seen.append):
+        placed, runtime = place_encoder(enc, "ovseg-tiny", requested, torch.device("cpu"), "fp32")
+    assert seen == []  # refused before an export (a minute for ViT-B-16) is started
+    return enc, placed, runtime
+
+
+def _check_unwritable_cache(visual, folder: Path, caplog) -> None:
+    """Under auto: torch, with one warning line naming the folder; under onnx: one-line error."""
+    with caplog.at_level(logging.WARNING, logger="ovseg"):
+        enc, placed, runtime = _place(visual, "auto")
+    assert placed is enc and runtime == "torch"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+    assert str(folder) in warnings[0] and "runs in torch instead" in warnings[0]
+    with pytest.raises(OvsegError, match="use --runtime torch") as err:
+        _place(visual, "onnx")
+    assert str(folder) in str(err.value) and "\n" not in str(err.value)
+    assert "OVSEG_CACHE_DIR" in str(err.value)
+
+
+@pytest.mark.parametrize("layout", ["empty", "with its onnx folder"])
+def test_read_only_cache_dir_falls_back_to_torch_under_auto(
+    visual, tmp_path, monkeypatch, caplog, writable_again, layout
+):
+    """On a read-only file system the cache was an internal OSError even under auto."""
+    cache = tmp_path / "read-only"
+    (cache / "onnx" if layout != "empty" else cache).mkdir(parents=True)
+    _make_read_only(cache, monkeypatch)
+    monkeypatch.setenv("OVSEG_CACHE_DIR", str(cache))
+    _check_unwritable_cache(visual, cache, caplog)
+    assert sorted(p.name for p in cache.rglob("*")) == ([] if layout == "empty" else ["onnx"])
+
+
+def test_a_read_only_cache_holding_the_entry_is_used(
+    visual, cache_dir, tmp_path, monkeypatch, writable_again
+):
+    """Nothing needs writing when the entry is there: a shared read-only cache works."""
+    enc = DenseClipEncoder(visual, "clearclip").eval()
+    good, _ = load(enc, cache_dir)
+    shared = tmp_path / "shared"
+    shutil.copytree(cache_dir / good.info["graph"], shared / "onnx" / good.info["graph"])
+    _make_read_only(shared, monkeypatch)
+    monkeypatch.setenv("OVSEG_CACHE_DIR", str(shared))
+    _, placed, runtime = _place(visual, "onnx")
+    assert runtime == "onnx" and placed.info["exported"] is False
+
+
+def test_cache_dir_that_is_a_file_falls_back_to_torch_under_auto(
+    visual, tmp_path, monkeypatch, caplog
+):
+    not_a_folder = tmp_path / "cache.txt"
+    not_a_folder.write_text("not a folder")
+    monkeypatch.setenv("OVSEG_CACHE_DIR", str(not_a_folder))
+    _check_unwritable_cache(visual, not_a_folder, caplog)
+    with pytest.raises(OvsegError, match="is a file, not a folder"):
+        _place(visual, "onnx")
+    assert not_a_folder.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize(("runtime", "code"), [("auto", 0), ("onnx", 2)])
+def test_cache_dir_that_is_a_file_from_the_cli(
+    tmp_path, small_video, tiny_weights, monkeypatch, caplog, runtime, code
+):
+    """`ovseg segment`: a warning and a torch run under auto, one error line and exit 2 under
+    onnx (it was an internal NotADirectoryError, exit 1, under both)."""
+    from typer.testing import CliRunner
+
+    from ovseg_cli.cli import app
+
+    not_a_folder = tmp_path / "cache.txt"
+    not_a_folder.write_text("not a folder")
+    monkeypatch.setenv("OVSEG_CACHE_DIR", str(not_a_folder))
+    out = tmp_path / "out"
+    args = ["segment", str(small_video), "--classes", "road,sky", "-o", str(out)]
+    args += ["--clip", "ovseg-tiny", "--pretrained", str(tiny_weights), "--runtime", runtime]
+    caplog.set_level(logging.WARNING, logger="ovseg")  # the CLI shows the library's warnings
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == code, res.output
+    assert "internal error" not in res.output and "Traceback" not in res.output
+    lines = [line for line in res.output.splitlines() if str(not_a_folder) in line]
+    assert len(lines) == 1, res.output
+    if code:
+        assert lines[0].startswith("error: ") and not out.exists()
+    else:
+        assert lines[0].startswith("warning: ")
+        assert json.loads((out / "meta.json").read_text())["model"]["runtime"] == "torch"
+
+
+def _other_method_graph(visual, cache_dir: Path, scratch: Path) -> Path:
+    other, _ = load(DenseClipEncoder(visual, "sclip").eval(), cache_dir)
+    return cache_dir / other.info["graph"] / MODEL_FILE
+
+
+def _other_outputs_graph(visual, cache_dir: Path, scratch: Path) -> Path:
+    other, _ = load(DenseClipEncoder(visual, "clearclip").eval(), cache_dir, layers=(0, 1))
+    return cache_dir / other.info["graph"] / MODEL_FILE
+
+
+def _not_a_graph(visual, cache_dir: Path, scratch: Path) -> Path:
+    path = scratch / "not-a-graph.onnx"
+    path.write_bytes(b"these bytes are no ONNX model")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("replacement", "reason"),
+    [
+        (_other_method_graph, "exported for another model"),
+        (_other_outputs_graph, "its graph outputs"),
+        (_not_a_graph, "ONNX Runtime cannot load"),
+    ],
+)
+def test_cache_entry_holding_another_valid_graph_is_rebuilt(
+    visual, cache_dir, tmp_path, caplog, replacement, reason
+):
+    """An entry whose model file was swapped for another graph, with entry.json's size and
+    SHA-256 rewritten to match, passes the checksums: it was a RuntimeError on every run
+    (other outputs), or silently ran another method (same outputs). Now it is rebuilt."""
+    enc = DenseClipEncoder(visual, "clearclip").eval()
+    good, _ = load(enc, cache_dir)
+    folder = tmp_path / good.info["graph"]
+    shutil.copytree(cache_dir / good.info["graph"], folder)
+    data = replacement(visual, cache_dir, tmp_path).read_bytes()
+    (folder / MODEL_FILE).write_bytes(data)
+    entry = json.loads((folder / ENTRY_FILE).read_text())
+    entry["files"][MODEL_FILE] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (folder / ENTRY_FILE).write_text(json.dumps(entry))
+    assert GraphCache(tmp_path).load(graph_key(enc, "ovseg-tiny", ())) is not None  # sums pass
+    with caplog.at_level(logging.WARNING, logger="ovseg"):
+        rebuilt, seen = load(enc, tmp_path)
+    assert len(seen) == 1 and rebuilt.info["exported"] is True
+    assert "is unusable" in caplog.text and reason in caplog.text
+    x = torch.randn(1, 3, 56, 40)
+    with torch.no_grad():
+        assert max_diff(rebuilt(x).embeddings, enc(x).embeddings) <= TOLERANCE
+    again, seen = load(enc, tmp_path)  # the rebuilt entry replaced the swapped one
+    assert seen == [] and again.info["graph"] == good.info["graph"]

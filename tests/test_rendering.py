@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from ovseg_cli.classes import UNLABELLED
+from ovseg_cli.exports.cvat import labelmap_text
 from ovseg_cli.video.rendering import (
     OverlayRenderer,
-    labelmap_text,
     palette_bytes,
     render_legend,
     save_palette_png,
@@ -37,6 +38,51 @@ def test_labelmap_is_cvat_format() -> None:
     lines = text.splitlines()
     assert lines[0] == "# label:color_rgb:parts:actions"
     assert lines[1] == "road:230,25,75::" and lines[3] == "a b:0,130,200::"
+
+
+def test_labelmap_background_line_first_for_cvat_last_for_index_masks() -> None:
+    first = labelmap_text(["road", "sky"], COLORS[:2], background="first").splitlines()
+    assert first[1:] == ["background:0,0,0::", "road:230,25,75::", "sky:60,180,75::"]
+    last = labelmap_text(["road", "sky"], COLORS[:2], background="last").splitlines()
+    assert last[1:] == ["road:230,25,75::", "sky:60,180,75::", "background:0,0,0::"]
+    with pytest.raises(ValueError, match="'first', 'last' or None"):
+        labelmap_text(["road"], COLORS[:1], background="middle")
+
+
+def test_labelmap_gives_black_a_name_no_class_has() -> None:
+    # a class CVAT reads as background keeps its own colour, so black is "unlabelled"
+    lines = labelmap_text(["road", "Background"], COLORS[:2], background="last").splitlines()
+    assert lines[1:] == ["road:230,25,75::", "Background:60,180,75::", "unlabelled:0,0,0::"]
+    lines = labelmap_text(["unlabelled", "background"], COLORS[:2], background="first").splitlines()
+    assert lines[1] == "(unlabelled):0,0,0::"
+    # a black class declares black already: two labels of one colour would be ambiguous
+    lines = labelmap_text(["road", "background"], [COLORS[0], (0, 0, 0)], background="last")
+    assert lines.splitlines()[1:] == ["road:230,25,75::", "background:0,0,0::"]
+
+
+@pytest.mark.parametrize("names", [["road", "sky", "car"], ["road", "background", "car"]])
+def test_palette_masks_read_alike_by_colour_and_by_index(tmp_path: Path, names: list[str]) -> None:
+    """With the run folder's labelmap.txt, colour readers and index readers agree."""
+    mask = np.random.default_rng(0).integers(0, 3, (37, 53), dtype=np.uint8)
+    mask[:5] = UNLABELLED
+    save_palette_png(mask, palette_bytes(COLORS), tmp_path / "m.png")
+    text = labelmap_text(names, COLORS, background="last")
+    lines = [line.split(":") for line in text.splitlines()[1:]]
+    by_index = [name for name, *_ in lines]  # pixel value i -> line i
+    by_colour = {tuple(int(v) for v in color.split(",")): name for name, color, *_ in lines}
+    img = Image.open(tmp_path / "m.png")
+    index = np.asarray(img)
+    rgb = np.asarray(img.convert("RGB"))
+    for value in range(3):
+        at = index == value
+        assert by_index[value] == names[value]
+        assert {by_colour[tuple(int(v) for v in c)] for c in rgb[at]} == {names[value]}
+    black = by_colour[(0, 0, 0)]  # every colour is declared, unlabelled pixels' black too
+    assert {tuple(c) for c in rgb[index == UNLABELLED]} == {(0, 0, 0)}
+    assert black == ("unlabelled" if "background" in names else "background")
+    assert by_index[len(names)] == black
+    palette = np.asarray(img.getpalette()).reshape(-1, 3)
+    assert tuple(palette[len(names)]) == tuple(palette[UNLABELLED]) == (0, 0, 0)  # line N: black
 
 
 def test_overlay_blends_labelled_pixels_only() -> None:

@@ -140,3 +140,64 @@ def test_a_machine_may_set_what_auto_means(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("OVSEG_RUNTIME", "torch")
     assert rt.resolve_runtime("auto", CPU) == "torch"
     assert rt.resolve_runtime("onnx", CPU) == "onnx"  # an explicit choice still wins
+
+
+def test_ovseg_device_says_what_auto_means(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ovseg_cli.devices import resolve_device
+
+    monkeypatch.setenv("OVSEG_DEVICE", "cpu")  # what the suite runs with (conftest.py)
+    assert resolve_device("auto") == CPU
+    assert resolve_device("cpu") == CPU  # a named device is never overridden
+    monkeypatch.setenv("OVSEG_DEVICE", "bogus")
+    with pytest.raises(OvsegError, match=r"^\$OVSEG_DEVICE: unknown device 'bogus'"):
+        resolve_device("auto")
+    monkeypatch.setenv("OVSEG_DEVICE", "auto")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_onnx_threads_far_beyond_the_usable_cores_are_capped_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OVSEG_ONNX_THREADS=100000 made ONNX Runtime segfault after 32 s with no message."""
+    from ovseg_cli.runtime import onnx_session
+
+    monkeypatch.setattr(onnx_session.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    for value, threads in [("8", 8), ("9", 2), ("100000", 2), ("9" * 5000, 2)]:
+        monkeypatch.setenv("OVSEG_ONNX_THREADS", value)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ovseg"):
+            assert onnx_session.onnx_threads() == threads, value
+        if threads == 8:  # a few per core: an experiment to honour, silently
+            assert caplog.text == ""
+        else:
+            (line,) = caplog.messages
+            assert line.startswith(f"OVSEG_ONNX_THREADS={value[:9]}") and line.endswith("using 2")
+            assert len(line) < 200
+    for value in ["0", "00", "-3", "²", "2.5"]:  # no count at all: refused as before
+        monkeypatch.setenv("OVSEG_ONNX_THREADS", value)
+        with pytest.raises(OvsegError, match="OVSEG_ONNX_THREADS must be a whole number"):
+            onnx_session.onnx_threads()
+
+
+def test_an_unknown_ovseg_runtime_is_refused_naming_the_valid_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OVSEG_RUNTIME=foo or =pytorch was silently ignored (auto ran its own choice)."""
+    from ovseg_cli.segment.protocol import load_model
+
+    monkeypatch.setattr(rt, "onnxruntime_available", lambda: True)
+    monkeypatch.setenv("OVSEG_RUNTIME", "foo")
+    with pytest.raises(OvsegError, match=r"^\$OVSEG_RUNTIME: unknown runtime 'foo'") as err:
+        rt.resolve_runtime("auto", CPU)
+    assert "auto, torch or onnx" in str(err.value) and "did you mean" not in str(err.value)
+    monkeypatch.setenv("OVSEG_RUNTIME", "pytorch")
+    with pytest.raises(OvsegError, match=r"did you mean 'torch'\?") as err:
+        rt.resolve_runtime("auto", CPU)
+    assert "\n" not in str(err.value)
+    # refused before CLIP is loaded, like a bad --runtime
+    with pytest.raises(OvsegError, match="OVSEG_RUNTIME"):
+        load_model(SegmentConfig(clip="no-such-clip", runtime="auto", device="cpu"))
+    assert rt.resolve_runtime("torch", CPU) == "torch"  # not read when --runtime names one
+    for value, runtime in [(" ONNX ", "onnx"), ("Torch", "torch"), ("auto", "onnx"), ("", "onnx")]:
+        monkeypatch.setenv("OVSEG_RUNTIME", value)
+        assert rt.resolve_runtime("auto", CPU) == runtime, value

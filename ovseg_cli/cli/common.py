@@ -7,7 +7,6 @@ imported here.
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import os
@@ -16,7 +15,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from ovseg_cli.errors import Interrupted, OvsegError, stop_signals
+from ovseg_cli.errors import Interrupted, OvsegError, is_disk_full, stop_signals
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -51,13 +50,6 @@ def setup_logging() -> None:
     log.propagate = False
 
 
-def _disk_full(exc: BaseException) -> bool:
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return True
-    text = str(exc)  # safetensors and some codecs wrap the OS error in their own type
-    return "No space left on device" in text or "StorageFull" in text
-
-
 class DiskFull(OvsegError):
     """The disk filled up while writing an output (not a bug, not bad input)."""
 
@@ -84,11 +76,13 @@ def friendly_errors(fn: F) -> F:
 
         setup_logging()
         try:
-            with stop_signals():
+            with stop_signals() as stopped:
                 try:
                     return fn(*args, **kwargs)
                 except Exception as exc:
-                    if _disk_full(exc):
+                    if stopped.signum is not None:  # the signal surfaced as another error
+                        raise Interrupted(stopped.signum) from None
+                    if is_disk_full(exc):
                         raise _disk_full_error(exc) from None
                     raise
                 finally:

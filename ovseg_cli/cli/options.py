@@ -42,15 +42,22 @@ def option(cls: type, name: str, *decls: str, **kwargs: Any) -> Any:
     )
 
 
-def _cli_type(annotation: Any) -> tuple[type, bool]:
-    """(type the CLI parses, is a boolean switch) for a setting's annotation."""
+_METAVARS = {int: "INTEGER", float: "FLOAT"}
+
+
+def _cli_type(annotation: Any) -> tuple[type, bool, str | None]:
+    """(type the CLI parses, is a boolean switch, metavar) for a setting's annotation."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        args = typing.get_args(annotation)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1 and inner[0] in _METAVARS and type(None) in args:
+            # `--window none` as in a config file: the config parses the number or "none"
+            return str, False, f"{_METAVARS[inner[0]]}|none"
         annotation = inner[0] if len(inner) == 1 else str  # int | str: parsed by the config
     if typing.get_origin(annotation) in (list, tuple):
-        return str, False  # comma-separated, split by the config
-    return annotation, annotation is bool
+        return str, False, None  # comma-separated, split by the config
+    return annotation, annotation is bool, None
 
 
 def config_options(
@@ -74,11 +81,11 @@ def config_options(
         ]
         annotations = {p.name: p.annotation for p in params}
         for name in names:
-            kind, switch = _cli_type(hints[name])
+            kind, switch, metavar = _cli_type(hints[name])
             decls = [f"{flag(name)}/--no-{flag(name)[2:]}" if switch else flag(name)]
             if name in short:
                 decls.append(short[name])
-            default = option(cls, name, *decls)
+            default = option(cls, name, *decls, **({"metavar": metavar} if metavar else {}))
             keyword = inspect.Parameter.KEYWORD_ONLY
             params.append(inspect.Parameter(name, keyword, default=default, annotation=kind))
             annotations[name] = kind

@@ -35,6 +35,8 @@ def window_boxes(
     (ch, cw), (sh, sw) = _pair(crop), _pair(stride)
     if min(ch, cw, sh, sw) < 1:
         raise ValueError(f"crop and stride must be positive, not {crop} and {stride}")
+    if sh > ch or sw > cw:  # windows further apart than they are wide leave gaps
+        raise ValueError(f"stride {stride} exceeds crop {crop}: the windows would leave gaps")
     rows = max(height - ch + sh - 1, 0) // sh + 1
     cols = max(width - cw + sw - 1, 0) // sw + 1
     boxes = []
@@ -93,7 +95,9 @@ def merge_window_logits(
     count = torch.zeros(1, 1, h, w, dtype=torch.float32)
     for y1, y2, x1, x2 in boxes:
         count[:, :, y1:y2, x1:x2] += 1
-    assert preds is not None, "no windows"
+    if preds is None or not bool((count > 0).all()):
+        # an uncovered pixel would divide by zero: NaN, then silently class 0
+        raise ValueError(f"the windows {list(boxes)} do not cover the {h}x{w} image")
     return preds / count.to(preds.device)
 
 

@@ -52,6 +52,22 @@ def evaluated_classes(index: PreparedIndex, split: str) -> list[int]:
     return list(range(len(index.classes)))
 
 
+def check_eval_inputs(
+    index: PreparedIndex, cfg: EvalConfig
+) -> tuple[list[int], list[Video], list[ClassSpec]]:
+    """The evaluated classes, videos and class prompts; OvsegError for what cannot be
+    evaluated (no such classes or videos, missing files, a bad classes file), before any
+    model is loaded."""
+    classes = evaluated_classes(index, cfg.split)
+    if not classes:
+        raise OvsegError(f"the dataset has no {cfg.split} classes (see its index.json split)")
+    videos = [v for v in index.videos_in(cfg.data_split)[: cfg.limit_videos] if v.labelled]
+    if not videos:
+        raise OvsegError(f"no labelled videos in the {cfg.data_split} split of {index.path}")
+    check_files(index, videos)
+    return classes, videos, class_specs(index, classes, cfg.classes_file)
+
+
 def class_specs(
     index: PreparedIndex, classes: Sequence[int], classes_file: str | None
 ) -> list[ClassSpec]:
@@ -224,15 +240,9 @@ def evaluate(
     """
     ctx = ctx or dist.DistContext()
     seg = seg or SegmentConfig()
-    classes = evaluated_classes(index, cfg.split)
-    if not classes:
-        raise OvsegError(f"the dataset has no {cfg.split} classes (see its index.json split)")
-    videos = [v for v in index.videos_in(cfg.data_split)[: cfg.limit_videos] if v.labelled]
-    if not videos:
-        raise OvsegError(f"no labelled videos in the {cfg.data_split} split of {index.path}")
-    check_files(index, videos)
+    classes, videos, specs = check_eval_inputs(index, cfg)
     check_memory(model, videos, len(classes), cfg.size)
-    vocabulary = model.encode_vocabulary(class_specs(index, classes, cfg.classes_file))
+    vocabulary = model.encode_vocabulary(specs)
     lut = np.full(256, UNLABELLED, np.uint8)  # dataset class -> position in the vocabulary
     lut[classes] = np.arange(len(classes), dtype=np.uint8)
     scores = Scores(len(classes), cfg.vc, model.device)

@@ -135,8 +135,10 @@ def run_eval(
     this process's place in a torchrun job, whose rank 0 writes the folder)."""
     ctx = ctx or dist.DistContext()
     from ovseg_cli.datasets.index import load_index
+    from ovseg_cli.evaluation.protocol import check_eval_inputs
 
     index = load_index(data)
+    check_eval_inputs(index, cfg)  # a bad classes file, say, fails before the model loads
     final = Path.cwd() / f"{index.root.name}_eval_{cfg.split}" if out is None else out
     inputs = [index.root, index.source_root or None, cfg.classes_file, *inputs]
     if seg.checkpoint:

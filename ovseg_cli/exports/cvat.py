@@ -5,13 +5,24 @@ Layout (the one CVAT itself exports, docs.cvat.ai, "Segmentation Mask")::
     cvat.zip
     ├── labelmap.txt                          # name:r,g,b:: per label, background:0,0,0:: first
     ├── ImageSets/Segmentation/default.txt    # frame names, one per line, no extension
-    └── SegmentationClass/frame_000000.png    # RGB: each pixel the colour of its label
+    ├── SegmentationClass/frame_000000.png    # RGB: each pixel the colour of its label
+    └── SegmentationObject/frame_000000.png   # each pixel the VOC colour of its instance id
 
 Frame names are those CVAT gives the frames of a video task, ``frame_{number:06d}``
 counted from the video's first frame, so the zip imports into a task made from the same
 video. Unlabelled pixels (below ``--threshold``) are black, CVAT's background, which it
 imports as no annotation; a class named "background" is merged into it the same way.
-No SegmentationObject/ folder: CVAT then imports one mask per class and frame.
+
+Instances: one per class and frame, with instance id = class index + 1 in every frame
+(black, id 0, for CVAT's background). The model segments classes, not objects: splitting a
+class into connected components would invent object identities (a road cut in two by a
+car is still one road), give annotators fragments to merge back, and can exceed the 255
+instance ids VOC's colours encode on noisy masks. One instance per class is what CVAT
+made of these zips before they had SegmentationObject/, and what CVAT itself exports for
+a task with one mask per label and frame; a fixed id per class keeps its colour the same
+from frame to frame. SegmentationObject/ is a palette PNG whose pixel values are the
+instance ids and whose palette is VOC's, so readers of colours (CVAT, datumaro) and of
+index masks see the same ids, for about a tenth of an RGB PNG's encoding time.
 """
 
 from __future__ import annotations
@@ -29,7 +40,6 @@ from PIL import Image
 from ovseg_cli.classes import RGB
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.exports.registry import ExportContext, Exporter, register_exporter
-from ovseg_cli.video.rendering import labelmap_text
 
 FORMAT = "CVAT Segmentation mask 1.1"
 BLACK: RGB = (0, 0, 0)
@@ -40,9 +50,52 @@ def is_cvat_background(name: str) -> bool:
     return " ".join(name.replace(":", " ").split()).lower() == "background"
 
 
+def black_label(names: Sequence[str], colors: Sequence[RGB]) -> str | None:
+    """The name of black's line in a label map of these classes; None if a class is black."""
+    if BLACK in (tuple(c) for c in colors):
+        return None  # that class declares it: two labels of one colour would be ambiguous
+    # a class CVAT reads as background keeps its own line and colour: black needs another name
+    name = "unlabelled" if any(is_cvat_background(n) for n in names) else "background"
+    taken = {" ".join(n.replace(":", " ").split()).lower() for n in names}
+    while name in taken:
+        name = f"({name})"
+    return name
+
+
+def voc_instance_colors() -> np.ndarray:
+    """PASCAL VOC's 256 colours, (256, 3) uint8: the colour of each instance id (0 is black)."""
+    ids = np.arange(256)
+    colors = np.zeros((256, 3), int)
+    for bit in range(8):  # bits 3k, 3k+1, 3k+2 of the id go to bit 7-k of red, green, blue
+        for channel in range(3):
+            colors[:, channel] |= ((ids >> (3 * bit + channel)) & 1) << (7 - bit)
+    return colors.astype(np.uint8)
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def labelmap_text(
+    names: Sequence[str], colors: Sequence[RGB], *, background: str | None = None
+) -> str:
+    """CVAT's labelmap.txt: a ``name:r,g,b::`` line per class, black's line "first" or "last"."""
+    if background not in (None, "first", "last"):
+        raise ValueError(f"background must be 'first', 'last' or None, not {background!r}")
+    labels = [(n.replace(":", " "), tuple(c)) for n, c in zip(names, colors, strict=True)]
+    black = black_label(names, colors) if background else None
+    if black is not None:
+        # "first" as CVAT writes it; "last" keeps line i = class i for readers of index masks
+        labels.insert(0 if background == "first" else len(labels), (black, (0, 0, 0)))
+    lines = [f"{name}:{r},{g},{b}::" for name, (r, g, b) in labels]  # ':' separates the fields
+    return "\n".join(["# label:color_rgb:parts:actions", *lines]) + "\n"
+
+
 @register_exporter("cvat")
 class CvatExporter(Exporter):
-    """Streams one RGB mask per frame into a zip (a temporary file until complete)."""
+    """Streams each frame's class and instance masks into a zip (temporary until complete)."""
 
     filename = "cvat.zip"
     summary = "CVAT Segmentation mask 1.1"
@@ -72,10 +125,15 @@ class CvatExporter(Exporter):
         labels = [
             (n, c) for n, c in zip(ctx.names, ctx.colors, strict=True) if not is_cvat_background(n)
         ]
-        self.lut = np.zeros((256, 3), np.uint8)  # 255 (unlabelled) and "background" stay black
-        for i, (name, color) in enumerate(zip(ctx.names, ctx.colors, strict=True)):
+        # class index -> RGB colour and -> instance id; 255 (unlabelled) and "background"
+        # stay black and instance 0, which CVAT imports as no annotation
+        self.lut = np.zeros((256, 3), np.uint8)
+        self.instance_ids = np.zeros(256, np.uint8)
+        for i, name in enumerate(ctx.names):
             if not is_cvat_background(name):
-                self.lut[i] = color
+                self.lut[i] = ctx.colors[i]
+                self.instance_ids[i] = i + 1
+        self.instance_palette = voc_instance_colors().tobytes()
         self.frames = 0
         self.first: int | None = None
         self._part = ctx.folder / f".{self.filename}.part"
@@ -84,15 +142,17 @@ class CvatExporter(Exporter):
         self._list = open(self._list_path, "w", encoding="utf-8")  # noqa: SIM115 (closed in close/abort)
         self._zip.writestr(
             "labelmap.txt",
-            labelmap_text([n for n, _ in labels], [c for _, c in labels], background=True),
+            labelmap_text([n for n, _ in labels], [c for _, c in labels], background="first"),
         )
 
     def add(self, frame: int, time: float, mask: np.ndarray) -> None:
-        """Add this frame's colour mask to the zip and its name to the frame list."""
+        """Add this frame's class and instance masks to the zip and its name to the frame list."""
         name = f"frame_{frame:06d}"
-        buf = io.BytesIO()
-        Image.fromarray(self.lut[mask]).save(buf, format="PNG", compress_level=1)
-        self._zip.writestr(f"SegmentationClass/{name}.png", buf.getvalue())  # PNG: no recompress
+        objects = Image.fromarray(self.instance_ids[mask])
+        objects.putpalette(self.instance_palette)  # pixel value = instance id, as in VOC
+        # PNGs are compressed already: stored, not deflated again
+        self._zip.writestr(f"SegmentationClass/{name}.png", _png(Image.fromarray(self.lut[mask])))
+        self._zip.writestr(f"SegmentationObject/{name}.png", _png(objects))
         self._list.write(name + "\n")
         self.frames += 1
         if self.first is None:
@@ -111,6 +171,7 @@ class CvatExporter(Exporter):
             "frames": self.frames,
             "first_frame": self.first,
             "mask_names": "SegmentationClass/frame_NNNNNN.png (CVAT video-task frame number)",
+            "instances": "one per class and frame, SegmentationObject/ id = class index + 1",
         }
 
     def abort(self) -> None:

@@ -19,12 +19,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.outputs import writer_gone
+
+log = logging.getLogger("ovseg")
 
 DIGEST_KEY = "weights_sha256"
 
@@ -123,7 +126,13 @@ def resolve_weights(weights: Path, meta_path: Path, meta: dict) -> Path:
     """The weights file that belongs to ``meta``: checked by digest when it declares one."""
     digest = meta.get(DIGEST_KEY)
     if not isinstance(digest, str):
-        return weights  # written before digests were recorded: nothing to check
+        # written before digests were recorded, or the field was removed: loads, but say so
+        log.warning(
+            "%s records no %s: %s cannot be verified as this checkpoint's weights "
+            "(save it again with this version of ovseg to record it)",
+            meta_path.name, DIGEST_KEY, weights.name,
+        )  # fmt: skip
+        return weights
     with contextlib.suppress(OSError):
         if sha256_file(weights) == digest:
             return weights

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ovseg_cli.config import RUNTIMES
-from ovseg_cli.errors import OvsegError
+from ovseg_cli.errors import OvsegError, did_you_mean
 
 if TYPE_CHECKING:
     import torch
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ovseg")
 
 INSTALL_HINT = "pip install 'ovseg[onnx]'"
+RUNTIME_ENV = "OVSEG_RUNTIME"  # what `auto` means on a machine
 
 # called with a one-line message when an export starts (the CLI shows it in its progress bar)
 ExportListener = Callable[[str], None]
@@ -49,8 +50,8 @@ def resolve_runtime(name: str, device: torch.device, precision: str = "fp32") ->
     if name not in RUNTIMES:
         raise OvsegError(f"unknown runtime {name!r} (use auto, torch or onnx)")
     if name == "auto":
-        preferred = os.environ.get("OVSEG_RUNTIME", "").strip().lower()  # a machine's own choice
-        if preferred in ("torch", "onnx"):
+        preferred = machine_runtime()
+        if preferred != "auto":
             return resolve_runtime(preferred, device, precision)
         # ONNX Runtime's CPU kernels beat eager torch on the CPU; on a GPU torch is the fast path
         cpu_fp32 = device.type == "cpu" and precision == "fp32"
@@ -65,6 +66,23 @@ def resolve_runtime(name: str, device: torch.device, precision: str = "fp32") ->
                 f"--runtime onnx computes in fp32, not {precision}; use --precision fp32"
             )
     return name
+
+
+def machine_runtime() -> str:
+    """What ``auto`` means on this machine: $OVSEG_RUNTIME (torch, onnx, or auto when unset).
+
+    A value that names no runtime is refused, like a bad $OVSEG_ONNX_THREADS or
+    $OVSEG_DEVICE: ignored, a typo ('pytorch') would silently run the other runtime.
+    """
+    value = os.environ.get(RUNTIME_ENV, "").strip().lower()
+    if not value:
+        return "auto"
+    if value not in RUNTIMES:
+        raise OvsegError(
+            f"${RUNTIME_ENV}: unknown runtime {value!r}, use auto, torch or onnx"
+            + did_you_mean(value, RUNTIMES)
+        )
+    return value
 
 
 @contextlib.contextmanager

@@ -10,7 +10,12 @@ code that traces it and the versions of ovseg, torch, open_clip, onnx and onnxsc
 Writes are atomic: the entry is built in a hidden temporary folder beside its final place
 and renamed into place whole, so a crash never leaves a half-written entry that looks
 complete. Reads are never trusted: an entry whose ``entry.json`` is unreadable, whose key
-differs, or whose files differ in size or hash is reported and exported anew.
+differs, or whose files differ in size or hash is reported and exported anew. Each graph
+also carries its key's digest in its metadata (``GRAPH_KEY_PROP``): ``onnx_session`` checks
+it, with the graph's inputs and outputs, once ONNX Runtime has read the graph.
+
+A cache that cannot be written (a read-only file system, a file where the folder should
+be) is an ``OvsegError`` naming the folder, so ``--runtime auto`` falls back to torch.
 """
 
 from __future__ import annotations
@@ -37,10 +42,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from ovseg_cli.errors import OvsegError
+
 log = logging.getLogger("ovseg")
 
 CACHE_ENV = "OVSEG_CACHE_DIR"
-FORMAT = 1  # bump when an entry's layout or the traced wrapper changes meaning
+FORMAT = 2  # bump when an entry's layout or the traced wrapper changes meaning
+# 2: graphs carry their key's digest under this metadata name, checked before use
+GRAPH_KEY_PROP = "ovseg.graph_key"
 MODEL_FILE = "model.onnx"
 ENTRY_FILE = "entry.json"
 _LEFTOVER_AGE_S = 6 * 3600.0  # temporary folders this old belong to a process that died
@@ -131,14 +140,20 @@ def graph_key(encoder: nn.Module, arch: str, layers: tuple[int, ...]) -> dict[st
     }
 
 
-def _digest(key: dict[str, Any]) -> str:
+def key_digest(key: dict[str, Any]) -> str:
+    """SHA-256 of a key: its entry's name ends with it and its graph's metadata holds it."""
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
 def entry_name(key: dict[str, Any]) -> str:
     """Folder name of a key's entry: readable prefix, then the key's hash."""
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{key['arch']}-{key['method']}")[:60]
-    return f"{readable}-{_digest(key)[:20]}"
+    return f"{readable}-{key_digest(key)[:20]}"
+
+
+def report_unusable(folder: Path, why: str) -> None:
+    """Warn that an entry cannot be used and is exported again (it is replaced when written)."""
+    log.warning("ONNX cache entry %s is unusable (%s); exporting it again", folder, why)
 
 
 def _file_digest(path: Path) -> tuple[int, str, bytes | None]:
@@ -180,12 +195,15 @@ class GraphCache:
     def load(self, key: dict[str, Any]) -> CachedGraph | None:
         """The key's entry if present and intact; a damaged or stale one is reported, not used."""
         folder = self.folder(key)
-        if not folder.exists():
+        try:
+            if not folder.exists():
+                return None
+        except OSError:  # an unreadable cache folder: writing the entry says why, or falls back
             return None
         try:
             return self._check(folder, key)
         except _Damaged as exc:
-            log.warning("ONNX cache entry %s is unusable (%s); exporting it again", folder, exc)
+            report_unusable(folder, str(exc))
             return None
 
     def _check(self, folder: Path, key: dict[str, Any]) -> CachedGraph:
@@ -200,14 +218,7 @@ class GraphCache:
             raise _Damaged(f"{ENTRY_FILE} lists no {MODEL_FILE}")
         model_bytes = None
         for name, expected in files.items():
-            path = folder / name
-            if Path(name).name != name or not path.is_file():
-                raise _Damaged(f"{name} is missing")
-            if path.stat().st_size != expected.get("size"):
-                raise _Damaged(f"{name} has the wrong size")
-            _, sha, data = _file_digest(path)
-            if sha != expected.get("sha256"):
-                raise _Damaged(f"{name} does not match its checksum")
+            data = _checked_file(folder, name, expected)
             if data is not None:
                 model_bytes = data
         external = len(files) > 1
@@ -218,31 +229,51 @@ class GraphCache:
         """A fresh temporary folder to export into; on success it becomes the key's entry.
 
         The entry is renamed into place whole. If another process placed the same entry
-        meanwhile, theirs is kept. On failure nothing is left behind.
+        meanwhile, theirs is kept. On failure nothing is left behind. A folder that cannot
+        be written is an ``OvsegError`` naming it, raised before the export where it can be.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._remove_leftovers()
         name = entry_name(key)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=self.root))
+        tmp = self._temporary(name)
         try:
             started = time.perf_counter()
-            yield tmp
-            files = {}
-            for path in sorted(tmp.iterdir()):
-                size, sha, _ = _file_digest(path)
-                files[path.name] = {"size": size, "sha256": sha}
-            entry = {
-                "key": key,
-                "files": files,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "seconds": round(time.perf_counter() - started, 1),
-            }
-            _write_json(tmp / ENTRY_FILE, entry)
-            self._commit(tmp, self.root / name)
+            try:
+                yield tmp  # the export writes into tmp: its OSErrors are the cache's too
+                files = {}
+                for path in sorted(tmp.iterdir()):
+                    size, sha, _ = _file_digest(path)
+                    files[path.name] = {"size": size, "sha256": sha}
+                entry = {
+                    "key": key,
+                    "files": files,
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "seconds": round(time.perf_counter() - started, 1),
+                }
+                _write_json(tmp / ENTRY_FILE, entry)
+                self._commit(tmp, self.root / name)
+            except OSError as exc:
+                raise self._unwritable(exc) from exc
             self._remove_superseded(key)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    def _temporary(self, name: str) -> Path:
+        """A new hidden folder under the root to build an entry in (the root made if needed)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._remove_leftovers()
+            return Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=self.root))
+        except OSError as exc:
+            raise self._unwritable(exc) from exc
+
+    def _unwritable(self, exc: OSError) -> OvsegError:
+        """The one-line error for a cache folder that cannot be written, and why."""
+        blocker = _file_in_the_way(self.root)
+        why = f"{blocker} is a file, not a folder" if blocker else exc.strerror or str(exc)
+        return OvsegError(
+            f"cannot write the ONNX cache in {self.root}: {why} "
+            f"(set {CACHE_ENV} to a writable folder)"
+        )
 
     def _commit(self, tmp: Path, final: Path) -> None:
         if final.exists():  # damaged or stale: move it aside first, rename is atomic
@@ -294,6 +325,33 @@ def _same_graph(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 class _Damaged(Exception):
     """Why a cache entry cannot be trusted."""
+
+
+def _checked_file(folder: Path, name: str, expected: dict[str, Any]) -> bytes | None:
+    """Check one listed file's size and hash; the model file's bytes, else None."""
+    path = folder / name
+    if Path(name).name != name or not path.is_file():
+        raise _Damaged(f"{name} is missing")
+    try:
+        if path.stat().st_size != expected.get("size"):
+            raise _Damaged(f"{name} has the wrong size")
+        _, sha, data = _file_digest(path)
+    except OSError as exc:  # unreadable (permissions, I/O error): not trusted, exported anew
+        raise _Damaged(f"{name} cannot be read: {exc.strerror or exc}") from None
+    if sha != expected.get("sha256"):
+        raise _Damaged(f"{name} does not match its checksum")
+    return data
+
+
+def _file_in_the_way(folder: Path) -> Path | None:
+    """The nearest existing path at or above ``folder`` when it is not a folder."""
+    for path in (folder, *folder.parents):
+        try:
+            if path.exists():
+                return None if path.is_dir() else path
+        except OSError:
+            return None
+    return None
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -37,6 +37,7 @@ log = logging.getLogger("ovseg")
 OPSET = 20
 EXAMPLE_GRID = (5, 7)  # traced at an odd, non-square grid: batch and both sides stay symbolic
 EXAMPLE_BATCH = 2  # torch.export specialises a dimension of size 1
+INPUT_NAME = "images"  # the graph's one input, (B, 3, H, W)
 MAX_SIDE_PATCHES = 1024
 MAX_BATCH = 4096
 # CPU float reordering gives ~1e-6 on unit embeddings; a baked shape or wrong op gives far more
@@ -96,8 +97,16 @@ def _parameter_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
-def export_graph(encoder: nn.Module, layers: tuple[int, ...], folder: Path) -> Path:
-    """Trace ``encoder`` with ``layers`` read out and save it as ``folder/model.onnx``."""
+def export_graph(
+    encoder: nn.Module,
+    layers: tuple[int, ...],
+    folder: Path,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Trace ``encoder`` with ``layers`` read out and save it as ``folder/model.onnx``.
+
+    ``metadata`` goes into the model's ``metadata_props`` (ONNX Runtime reads it back).
+    """
     from torch.export import Dim
 
     patch = int(encoder.patch)
@@ -118,7 +127,7 @@ def export_graph(encoder: nn.Module, layers: tuple[int, ...], folder: Path) -> P
                 (example,),
                 dynamo=True,
                 dynamic_shapes=(dims,),
-                input_names=["images"],
+                input_names=[INPUT_NAME],
                 output_names=output_names(layers),
                 opset_version=OPSET,
                 optimize=True,
@@ -130,6 +139,7 @@ def export_graph(encoder: nn.Module, layers: tuple[int, ...], folder: Path) -> P
                 f"could not export the {getattr(encoder, 'method', '')} image encoder to ONNX "
                 f"({type(exc).__name__}: {first[:200]})"
             ) from exc
+        onnx_program.model.metadata_props.update(metadata or {})
         external = _parameter_bytes(encoder) > EXTERNAL_DATA_BYTES
         onnx_program.save(path, external_data=external)
     return path

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,16 @@ import torch
 from ovseg_cli.clip.dense import DenseClipEncoder, DenseFeatures
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.runtime import notify_export
-from ovseg_cli.runtime.onnx_cache import GraphCache, encoder_settings, graph_key
-from ovseg_cli.runtime.onnx_export import export_graph, output_names, verify
+from ovseg_cli.runtime.onnx_cache import (
+    GRAPH_KEY_PROP,
+    CachedGraph,
+    GraphCache,
+    encoder_settings,
+    graph_key,
+    key_digest,
+    report_unusable,
+)
+from ovseg_cli.runtime.onnx_export import INPUT_NAME, export_graph, output_names, verify
 
 log = logging.getLogger("ovseg")
 
@@ -28,6 +37,8 @@ THREADS_ENV = "OVSEG_ONNX_THREADS"
 # ONNX Runtime's idle pool threads spin by default, taking the cores the reader and writer
 # need: without spinning, 2 threads took 1.10-1.26 s a frame instead of 1.30-1.39 s (2 cores)
 SPINNING = False
+# beyond this many intra-op threads per usable core the count is a mistake (capped_threads)
+MAX_THREADS_PER_CORE = 4
 
 
 def usable_cores() -> int:
@@ -57,9 +68,34 @@ def onnx_threads() -> int:
     explicit = os.environ.get(THREADS_ENV, "").strip()
     if not explicit:
         return default_threads()
-    if not explicit.isdigit() or int(explicit) < 1:
+    # ASCII digits only: str.isdigit() also accepts '²', which int() refuses
+    if not (explicit.isascii() and explicit.isdigit()) or not explicit.strip("0"):
         raise OvsegError(f"{THREADS_ENV} must be a whole number >= 1, not {explicit!r}")
-    return int(explicit)
+    # more digits than int() converts (4300) is still just "too many"
+    count = int(explicit) if len(explicit) <= 18 else sys.maxsize
+    shown = explicit if len(explicit) <= 12 else f"{explicit[:9]}..."
+    return capped_threads(count, f"{THREADS_ENV}={shown}")
+
+
+def capped_threads(threads: int, source: str, cores: int | None = None) -> int:
+    """``threads``, or the usable cores (with a warning) when it is far more than they run.
+
+    A few threads per core are honoured: more threads than cores is slower, but it is an
+    experiment a user may mean to run (and is harmless). Thousands are a typo, not an
+    experiment, and ONNX Runtime starts every one of them: 100000 crashed it
+    (segmentation fault after 32 s, no message), and with 4096 the process did not exit
+    within two minutes, on the 2-core machine. Such a value reads as "as fast as possible",
+    which is every usable core (the default), so it is a warning and the run goes on, where
+    a value that is no count at all ('many', 0) has no reading and is refused.
+    """
+    cores = usable_cores() if cores is None else cores
+    if threads <= MAX_THREADS_PER_CORE * cores:
+        return threads
+    log.warning(
+        "%s is more than %d threads for each of the %d cores this process may use; using %d",
+        source, MAX_THREADS_PER_CORE, cores, cores,
+    )  # fmt: skip
+    return cores
 
 
 def session_options(threads: int, spinning: bool = SPINNING) -> Any:
@@ -88,7 +124,7 @@ def make_session(model: bytes | Path, threads: int) -> Any:
 
 def run_session(session: Any, images: torch.Tensor) -> list[torch.Tensor]:
     """The graph's outputs for a (B, 3, H, W) float batch, as CPU tensors."""
-    feed = {"images": images.detach().to("cpu", torch.float32).contiguous().numpy()}
+    feed = {INPUT_NAME: images.detach().to("cpu", torch.float32).contiguous().numpy()}
     return [torch.from_numpy(out) for out in session.run(None, feed)]
 
 
@@ -139,30 +175,78 @@ def load_onnx_encoder(
     import onnxruntime as ort
 
     wanted = normalised_layers(encoder, layers)
-    threads = threads or onnx_threads()
+    threads = capped_threads(threads, f"threads={threads}") if threads else onnx_threads()
     key = graph_key(encoder, arch, wanted)
     cache = GraphCache(Path(cache_dir) if cache_dir is not None else None)
     cached = cache.load(key)
-    exported = cached is None
-    if cached is not None:
-        session = make_session(cached.model_bytes or cached.model_path, threads)
-        folder = cached.folder
-    else:
-        message = f"Exporting the {arch} image encoder ({encoder.method}) to ONNX, once"
-        log.info("%s into %s", message, cache.root)
-        notify_export(message)
-        with cache.writing(key) as tmp:
-            model = export_graph(encoder, wanted, tmp)
-            session = make_session(model, threads)
-            verify(lambda x: run_session(session, x), encoder, wanted)
-        folder = cache.folder(key)
-    names = [o.name for o in session.get_outputs()]
-    if names != output_names(wanted):  # a graph from another wrapper version: never guess
-        raise RuntimeError(f"ONNX graph outputs {names}, expected {output_names(wanted)}")
+    session = _cached_session(cached, key, wanted, threads) if cached is not None else None
+    exported = session is None
+    if session is None:
+        session = _export_session(encoder, arch, wanted, key, cache, threads)
+    problem = graph_mismatch(session, key, wanted)
+    if problem is not None:  # a fresh export that passed verify: a bug, never a user's doing
+        raise RuntimeError(f"the exported ONNX graph {problem}")
     info = {
         "onnxruntime": ort.__version__,
         "threads": threads,
-        "graph": folder.name,
+        "graph": cache.folder(key).name,
         "exported": exported,
     }
     return OnnxDenseEncoder(encoder, session, wanted, info)
+
+
+def graph_mismatch(session: Any, key: dict[str, Any], layers: tuple[int, ...]) -> str | None:
+    """Why a loaded graph is not the one ``key`` describes (inputs, outputs, key), or None.
+
+    Sizes and checksums only prove that the files are the ones ``entry.json`` lists; a
+    listing rewritten around another valid graph (another method's, other outputs) passes
+    them, and would fail on every run or, worse, compute another method's features.
+    """
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if [i.name for i in inputs] != [INPUT_NAME] or len(inputs[0].shape) != 4:
+        return f"its graph does not take one 4-D {INPUT_NAME!r} input"
+    names, expected = [o.name for o in outputs], output_names(layers)
+    if names != expected:
+        return f"its graph outputs {', '.join(names)}, not {', '.join(expected)}"
+    if any(len(o.shape) != 4 for o in outputs):
+        return "its graph's outputs are not 4-D feature maps"
+    stamp = session.get_modelmeta().custom_metadata_map.get(GRAPH_KEY_PROP)
+    if stamp != key_digest(key):
+        return "its graph was exported for another model, setting or version"
+    return None
+
+
+def _cached_session(
+    cached: CachedGraph, key: dict[str, Any], layers: tuple[int, ...], threads: int
+) -> Any | None:
+    """A session on a checked entry's graph, or None (with a warning) when it is not the
+    graph the key describes: the caller exports it again, replacing the entry."""
+    try:
+        session = make_session(cached.model_bytes or cached.model_path, threads)
+    except Exception as exc:  # ONNX Runtime raises its own types for a model it cannot read
+        problem = f"ONNX Runtime cannot load its graph: {type(exc).__name__}"
+    else:
+        problem = graph_mismatch(session, key, layers)
+    if problem is None:
+        return session
+    report_unusable(cached.folder, problem)
+    return None
+
+
+def _export_session(
+    encoder: DenseClipEncoder,
+    arch: str,
+    layers: tuple[int, ...],
+    key: dict[str, Any],
+    cache: GraphCache,
+    threads: int,
+) -> Any:
+    """Export the graph into the cache, check it against torch, and open a session on it."""
+    message = f"Exporting the {arch} image encoder ({encoder.method}) to ONNX, once"
+    log.info("%s into %s", message, cache.root)
+    with cache.writing(key) as tmp:
+        notify_export(message)  # once the folder is known to be writable: no false start
+        model = export_graph(encoder, layers, tmp, metadata={GRAPH_KEY_PROP: key_digest(key)})
+        session = make_session(model, threads)
+        verify(lambda x: run_session(session, x), encoder, layers)
+    return session

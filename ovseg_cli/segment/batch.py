@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 from ovseg_cli.classes import ClassSpec, resolve_classes
 from ovseg_cli.config import SegmentConfig
 from ovseg_cli.config_io import from_mapping, to_dict
-from ovseg_cli.errors import OvsegError
+from ovseg_cli.errors import OvsegError, is_disk_full
 from ovseg_cli.outputs import check_location, read_marker, remove_stale, write_marker
 from ovseg_cli.segment.fingerprint import settings_fingerprint
 from ovseg_cli.segment.inputs import MANIFEST, expand_inputs, output_names
-from ovseg_cli.segment.manifest import Manifest
+from ovseg_cli.segment.manifest import Manifest, check_manifest
 from ovseg_cli.segment.run import SegmentRun, check_outputs, run_inputs, run_segment
 
 if TYPE_CHECKING:
@@ -98,8 +98,11 @@ class BatchPlan:
         return [item for item in self.items if item.complete]
 
 
-def describe_error(exc: BaseException) -> str:
+def describe_error(exc: BaseException, output: Path | None = None) -> str:
     """One line for a video's failure: the message of an OvsegError, else type and message."""
+    if is_disk_full(exc):  # worded as a single run says it, not as the OS error
+        where = getattr(exc, "filename", None) or output or "the output"
+        return f"disk full writing {where}; partial output removed"
     text = str(exc) if isinstance(exc, OvsegError) else f"{type(exc).__name__}: {exc}"
     return " ".join(text.split()) or type(exc).__name__
 
@@ -184,6 +187,7 @@ def plan_batch(
     names = output_names(videos)
     weights = run_inputs(videos[0], config)[1:]
     root = check_batch_root(out, [*videos, *weights, *extra_inputs])
+    check_manifest(root / MANIFEST)
     fingerprint = settings_fingerprint(config, seen_classes)
     items, stale = [], []
     for video, name in zip(videos, names, strict=True):
@@ -236,7 +240,8 @@ def segment_item(
             inputs=plan.inputs, model=model, vocabulary=vocabulary, on_frame=on_frame,
         )  # fmt: skip
     except Exception as exc:  # one bad video never stops the batch
-        return VideoResult(item, "failed", describe_error(exc), count, time.perf_counter() - t0)
+        failure = describe_error(exc, item.output)
+        return VideoResult(item, "failed", failure, count, time.perf_counter() - t0)
     return VideoResult(item, "done", None, run.frames, time.perf_counter() - t0, run=run)
 
 

@@ -54,17 +54,34 @@ def is_video_file(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
+def _unreadable(exc: OSError) -> None:
+    log.warning(f"skipped {exc.filename}: {exc.strerror or exc} (its videos are not in the batch)")
+
+
+def _is_output(folder: Path) -> bool:
+    """An ovseg output (a batch's --out too): it holds overlay.mp4 files, never inputs."""
+    try:
+        return (folder / MARKER).exists()
+    except OSError:
+        return False  # unreadable: os.walk reports it when it tries to list it
+
+
 def _search(folder: Path) -> Iterator[Path]:
-    """Video files under ``folder``, sorted, leaving out hidden folders and ovseg's outputs."""
-    for top, dirs, files in os.walk(folder):
+    """Video files under ``folder``, sorted, leaving out hidden folders and ovseg's outputs;
+    a folder that cannot be listed is skipped with a warning, the rest is still searched."""
+    for top, dirs, files in os.walk(folder, onerror=_unreadable):
         here = Path(top)
-        # an ovseg output (a batch's --out too) holds overlay.mp4 files: never inputs
-        dirs[:] = sorted(
-            d for d in dirs if not d.startswith(".") and not (here / d / MARKER).exists()
-        )
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _is_output(here / d))
         for name in sorted(files):
             if not name.startswith(".") and is_video_file(here / name):
                 yield here / name
+
+
+def _in_output(path: Path, base: Path) -> bool:
+    """Whether a glob's match lies inside an ovseg output below the pattern's fixed part."""
+    return any(
+        _is_output(parent) for parent in path.parents if parent != base and base in parent.parents
+    )
 
 
 def _expand(item: str, base: Path, seen_lists: set[str], empty: list[str]) -> Iterator[Path]:
@@ -84,8 +101,11 @@ def _expand(item: str, base: Path, seen_lists: set[str], empty: list[str]) -> It
         return
     path = (base / item).expanduser()
     if _is_glob(item, base):
-        matches = sorted(glob.glob(str(path), recursive=True))
-        found = [m for p in map(Path, matches) for m in _video_files(p)]
+        # a rerun (how a batch resumes) must not take the outputs of the first run as inputs
+        root = _fixed_part(path)
+        matches = [p for p in map(Path, sorted(glob.glob(str(path), recursive=True)))
+                   if not _in_output(p, root)]  # fmt: skip
+        found = [m for p in matches for m in _video_files(p)]
         what = "the pattern"
     elif path.is_dir():
         found, what = list(_search(path)), "the folder"
@@ -99,9 +119,16 @@ def _expand(item: str, base: Path, seen_lists: set[str], empty: list[str]) -> It
     yield path  # a file, whatever its extension: the user named it (missing: a failed video)
 
 
+def _fixed_part(pattern: Path) -> Path:
+    """The folder a glob pattern starts from: its parts before the first wildcard."""
+    parts = pattern.parts
+    fixed = next((i for i, part in enumerate(parts) if any(c in GLOB_CHARS for c in part)), 0)
+    return Path(*parts[:fixed]) if fixed else Path(".")
+
+
 def _video_files(path: Path) -> list[Path]:
     if path.is_dir():
-        return list(_search(path))
+        return [] if _is_output(path) else list(_search(path))
     return [path] if path.is_file() and is_video_file(path) else []
 
 

@@ -18,13 +18,17 @@ not parse, and the next run ends such a line before appending its own.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from ovseg_cli.errors import OvsegError
 
 STATUSES = ("done", "failed", "skipped")
 
@@ -34,13 +38,40 @@ def new_run_id() -> str:
     return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:4]}"
 
 
+def check_manifest(path: Path) -> None:
+    """Refuse a manifest that is not a plain file of the batch folder (a link could point
+    anywhere, and ovseg would append to it)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise OvsegError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if stat.S_ISLNK(mode):
+        raise OvsegError(
+            f"{path} is a symbolic link; the manifest must be a file inside --out "
+            "(remove the link, or name another --out)"
+        )
+    if not stat.S_ISREG(mode):
+        raise OvsegError(f"{path} is not a regular file; remove it, or name another --out")
+
+
 class Manifest:
     """Appends records to a manifest file, each line durable once ``append`` returns."""
 
     def __init__(self, path: str | Path, run: str | None = None) -> None:
         self.path = Path(path)
         self.run = run or new_run_id()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        check_manifest(self.path)
+        try:
+            # O_NOFOLLOW: a link put in its place after the check is refused all the same
+            self._fd = os.open(
+                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644
+            )
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise OvsegError(f"{self.path} is a symbolic link; not appending to it") from None
+            raise
         try:
             self._end_torn_line()
         except BaseException:

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import logging
 import signal
+import socket
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -102,6 +103,29 @@ class _Worker:
     writer: dict[str, Any] | None = None
 
 
+CONNECT_SECONDS = 10.0  # Ray itself retries an unreachable head for minutes, warning all along
+
+
+def check_reachable(address: str | None) -> None:
+    """Refuse a ``--ray-address`` HOST:PORT (or ray://HOST:PORT) that takes no connection,
+    in seconds instead of Ray's minutes of retries; ``auto`` and none are left to Ray."""
+    if not address or address == "auto":
+        return
+    hostport = address.removeprefix("ray://").rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise OvsegError(f"--ray-address {address}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise OvsegError(
+            f"cannot reach the Ray cluster at {address} ({reason}); is its head node running "
+            "(ray start --head) and the port open?"
+        ) from None
+
+
 class RayEngine:
     """Runs a plan's videos on Ray workers; starts a local cluster unless one is joined."""
 
@@ -117,6 +141,7 @@ class RayEngine:
         self.ray, self.plan = ray, plan
         self.started = not ray.is_initialized()
         if self.started:
+            check_reachable(address)
             ours = _stop_handlers()
             try:
                 ray.init(

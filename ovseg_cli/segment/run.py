@@ -136,13 +136,13 @@ def run_segment(
     reader = VideoReader(video, start=config.start, end=config.end)
     info = reader.info
 
+    from ovseg_cli.exports.cvat import labelmap_text
     from ovseg_cli.runtime import export_listener
     from ovseg_cli.segment.protocol import load_model
     from ovseg_cli.segment.stream import SegmentationStream, StreamSettings
     from ovseg_cli.threads import BackgroundWorker
     from ovseg_cli.video.rendering import (
         OverlayRenderer,
-        labelmap_text,
         palette_bytes,
         save_palette_png,
     )
@@ -210,7 +210,12 @@ def run_segment(
         segment_seconds = time.perf_counter() - t1
 
         if config.masks:
-            folder.write_text("labelmap.txt", labelmap_text(names, colors))
+            folder.write_text(  # black (255) is declared where masks may hold it: --threshold
+                "labelmap.txt",
+                labelmap_text(
+                    names, colors, background=None if config.threshold is None else "last"
+                ),
+            )
         meta = {
             "ovseg_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ovseg_cli.config import CLASS_SPLITS, PRECISIONS, setting, validate
-from ovseg_cli.config_io import from_mapping, load_yaml, to_dict
+from ovseg_cli.config_io import coerce, from_mapping, load_yaml, to_dict
 from ovseg_cli.errors import OvsegError, did_you_mean
 from ovseg_cli.model.config import ModelConfig
 
@@ -125,8 +125,11 @@ class TrainConfig:
         return self.run.max_steps or self.optim.steps
 
 
-def _set_dotted(tree: dict[str, Any], key: str, value: Any, cls: type) -> None:
-    """Put ``a.b=value`` into a nested mapping, checking each part against the dataclasses."""
+def _set_dotted(
+    tree: dict[str, Any], key: str, value: Any, cls: type, source: str = "--set"
+) -> None:
+    """Put ``a.b=value`` into a nested mapping, checking each part against the dataclasses
+    and the value against its setting's type (so an error names ``source``, not the file)."""
     import dataclasses
     import typing
 
@@ -141,7 +144,7 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any, cls: type) -> None:
                 f"--set {key}: no setting {part!r} in {where}" + did_you_mean(name, list(fields))
             )
         if depth == len(parts) - 1:
-            node[name] = value
+            node[name] = coerce(value, typing.get_type_hints(owner)[name], key, source)
             return
         owner = typing.get_type_hints(owner)[name]
         if not dataclasses.is_dataclass(owner):
@@ -182,7 +185,7 @@ def resolve_train_config(
         _set_dotted(tree, key, value, TrainConfig)
     for key, value in (overrides or {}).items():
         if value is not None:
-            _set_dotted(tree, key, value, TrainConfig)
+            _set_dotted(tree, key, value, TrainConfig, source="command line")
     return from_mapping(TrainConfig, tree, source=str(config_file or "settings"))
 
 

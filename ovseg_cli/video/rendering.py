@@ -25,16 +25,6 @@ def save_palette_png(mask: np.ndarray, palette: bytes, path: str | Path) -> None
     img.save(path, format="PNG", compress_level=1)  # masks compress well even at level 1
 
 
-def labelmap_text(names: Sequence[str], colors: Sequence[RGB], *, background: bool = False) -> str:
-    """CVAT's labelmap.txt: one ``name:r,g,b::`` line per class (``background:0,0,0::`` first)."""
-    lines = ["# label:color_rgb:parts:actions"]
-    if background:  # as CVAT writes it: black is "no label here"
-        lines.append("background:0,0,0::")
-    for name, (r, g, b) in zip(names, colors, strict=True):
-        lines.append(f"{name.replace(':', ' ')}:{r},{g},{b}::")  # ':' separates CVAT's fields
-    return "\n".join(lines) + "\n"
-
-
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
