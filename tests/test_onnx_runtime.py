@@ -325,14 +325,22 @@ def _make_read_only(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     except PermissionError:
         return  # the mode holds: a real read-only folder
     (folder / ".probe").rmdir()
-    real_mkdir = os.mkdir
+    real_mkdir, real_path_mkdir = os.mkdir, Path.mkdir
 
-    def mkdir(path, mode=0o777, *, dir_fd=None):
+    def refuse(path) -> None:
         if Path(path).is_relative_to(folder):
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    def mkdir(path, mode=0o777, *, dir_fd=None):
+        refuse(path)
         return real_mkdir(path, mode, dir_fd=dir_fd)
 
+    def path_mkdir(self, mode=0o777, parents=False, exist_ok=False):
+        refuse(self)  # Python 3.10's pathlib holds its own reference to os.mkdir
+        return real_path_mkdir(self, mode, parents, exist_ok)
+
     monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(Path, "mkdir", path_mkdir)
 
 
 @pytest.fixture
