@@ -101,7 +101,7 @@ def main() -> None:
     from ovseg_cli.clip.pamr import pamr
     from ovseg_cli.clip.prompts import Vocabulary
     from ovseg_cli.config import SegmentConfig
-    from ovseg_cli.segment.protocol import load_model
+    from ovseg_cli.segment.loading import load_model
 
     frames, labels = load_val(args.data, args.frames)
     sizes = [int(s) for s in args.sizes.split(",")]

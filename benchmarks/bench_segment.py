@@ -2,7 +2,7 @@
 
     python benchmarks/bench_segment.py [VIDEO] [--frames 24] [--rounds 3] [--clip ViT-B-16]
         [--size N] [--keyframe-interval 4] [--device cpu] [--batch N] [--precision auto]
-        [--runtime auto|torch|onnx] [--versus torch|onnx]
+        [--runtime auto|torch|onnx] [--versus torch|onnx] [--host-only]
 
 Both numbers come from the same frames, the same model (random weights: speed does not
 depend on them) and the default --size:
@@ -17,6 +17,14 @@ depend on them) and the default --size:
 - with ``--versus R``: the every-frame run again with the image encoder on runtime R, so
   ``runtime_speedup`` = end-to-end fps with ``--runtime`` / with R (e.g. ``--runtime onnx
   --versus torch``: what ONNX Runtime gains over PyTorch).
+
+With ``--host-only`` the model is replaced by a segmenter that costs nothing (it returns
+fixed class scores of the right shape; frames are still decoded and resized for it), so the
+runs measure the ceiling the host work sets (decoding, resizing, upsampling, overlay, H.264,
+PNG masks, optical flow): ``host_fps`` with every frame a keyframe (K=1) and
+``host_fps_keyframes`` with ``--keyframe-interval`` K, overlay and masks written, on any
+machine (a CPU-only one included). The last line is then {"host_fps": ...,
+"keyframe_interval": K, "host_fps_keyframes": ...}.
 
 The three are measured one after the other in each of ``--rounds`` rounds. ``ratio``
 compares the every-frame run (K=1) with the backbone and ``keyframe_speedup`` the keyframe
@@ -72,6 +80,62 @@ def synthetic_video(path: Path, frames: int) -> Path:
     return path
 
 
+class HostOnly:
+    """A segmenter that costs nothing: ``model``'s interface with fixed, smooth class scores
+    of the right shape from ``step_batch``, so only the host work around the model is timed."""
+
+    def __init__(self, model) -> None:
+        self._model = model
+        self._scores: dict[tuple[int, int, int], object] = {}
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+    def _fixed(self, classes: int, h: int, w: int):
+        import torch
+        import torch.nn.functional as F
+
+        patch = self._model.clip.patch_size
+        key = (classes, h // patch, w // patch)
+        if key not in self._scores:
+            coarse = torch.randn(1, classes, 4, 4, generator=torch.Generator().manual_seed(0))
+            self._scores[key] = F.interpolate(coarse, size=key[1:], mode="bilinear")[0]
+        return self._scores[key]
+
+    def step_batch(self, images, state, vocabulary):
+        """The fixed scores once per image, as the model's step_batch would return them."""
+        scores = self._fixed(len(vocabulary.names), *images.shape[-2:])
+        return [scores] * images.shape[0], state
+
+    def step(self, image, state, vocabulary):
+        """The fixed scores of one image."""
+        logits, state = self.step_batch(image, state, vocabulary)
+        return logits[0], state
+
+
+def host_only(args, cfg, video, classes, tmp: Path) -> dict:
+    """``host_fps`` with every frame a keyframe and with keyframes every K, in rounds."""
+    from ovseg_cli.segment.loading import load_model
+    from ovseg_cli.segment.run import run_segment
+
+    model = HostOnly(load_model(cfg))
+    k = args.keyframe_interval
+    rows = []
+    for r in range(args.rounds):
+        row = {"host": run_segment(video, classes, cfg, out=tmp / f"h{r}", model=model).fps}
+        if k > 1:
+            cfg_k = replace(cfg, keyframe_interval=k)
+            row["keyed"] = run_segment(video, classes, cfg_k, out=tmp / f"hk{r}", model=model).fps
+        rows.append(row)
+        print(f"round {r + 1}: host only, K=1 {row['host']:.2f} fps"
+              + (f", K={k} {row['keyed']:.2f} fps" if k > 1 else ""), flush=True)  # fmt: skip
+    result = {"host_fps": round(statistics.median(r["host"] for r in rows), 3)}
+    if k > 1:
+        result.update(keyframe_interval=k,
+                      host_fps_keyframes=round(statistics.median(r["keyed"] for r in rows), 3))  # fmt: skip
+    return result
+
+
 def backbone_fps(model, images, batch: int = 1) -> float:
     """Frames per second of the dense image encoder alone, ``batch`` frames a pass."""
     import torch
@@ -105,12 +169,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds")
     parser.add_argument("--runtime", default="auto", help="auto, torch or onnx (image encoder)")
     parser.add_argument("--versus", default=None, help="also time the K=1 run on this runtime")
+    parser.add_argument(
+        "--host-only", action="store_true", help="a model that costs nothing: the host ceiling"
+    )
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # the random-weights warning is expected here
 
     from ovseg_cli.classes import parse_classes
     from ovseg_cli.config import SegmentConfig
-    from ovseg_cli.segment.protocol import load_model
+    from ovseg_cli.segment.loading import load_model
     from ovseg_cli.segment.run import run_segment
     from ovseg_cli.segment.stream import default_batch
     from ovseg_cli.video.reader import VideoReader, probe_video
@@ -125,6 +192,10 @@ def main() -> None:
             clip=args.clip, pretrained="none", size=args.size, end=end, masks=True,
             device=args.device, precision=args.precision, batch=args.batch, runtime=args.runtime,
         )  # fmt: skip
+        if args.host_only:
+            print(f"video: {video} ({info.width}x{info.height}, {args.frames} frames), host only")
+            print(json.dumps(host_only(args, cfg, video, parse_classes(CLASSES), Path(tmp))))
+            return
         model = load_model(cfg)
         other = load_model(replace(cfg, runtime=args.versus)) if args.versus else None
         batch = args.batch or default_batch(model.device)

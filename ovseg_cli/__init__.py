@@ -15,9 +15,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "OvsegError": "ovseg_cli.errors",
     "SegmentConfig": "ovseg_cli.config",
-    "load_model": "ovseg_cli.segment.protocol",
+    "load_model": "ovseg_cli.segment.loading",
     "segment_video": "ovseg_cli.segment.stream",
-    "segment_videos": "ovseg_cli.segment.batch",
+    "segment_videos": "ovseg_cli.batch.run",
     "FrameResult": "ovseg_cli.segment.stream",
     "load_clip": "ovseg_cli.clip.loading",
     "parse_classes": "ovseg_cli.classes",

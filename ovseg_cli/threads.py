@@ -7,13 +7,29 @@ an exception in a worker is re-raised in the caller's thread.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 _DONE = object()
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)  # macOS and Windows have no affinity call
+
+
+def spare_cores(limit: int = 4) -> int:
+    """Threads for side work (drawing, flow, image decoding): the usable cores but one, which
+    the model and the decoder keep, at least 1 and at most ``limit``."""
+    return max(1, min(limit, usable_cores() - 1))
 
 
 class Prefetcher(Generic[T]):
@@ -111,3 +127,63 @@ class BackgroundWorker(Generic[T]):
         if self._thread.is_alive():
             self._queue.put(_DONE)
             self._thread.join()
+
+
+class OrderedPool(Generic[T, R]):
+    """Runs ``work`` on items in a pool of ``workers`` threads and hands each result to
+    ``sink`` in one more thread, in the order the items came; at most ``depth`` items are in
+    flight, so memory stays bounded whatever the length of the stream.
+
+    For per-frame work that is independent (an overlay, a PNG) followed by work that needs
+    the frames in order (an encoder, an export). The first error is re-raised in the
+    caller's thread; the items after it are dropped, never handed to ``sink``.
+    """
+
+    def __init__(
+        self,
+        work: Callable[[T], R],
+        sink: Callable[[R], None],
+        workers: int = 2,
+        depth: int = 8,
+        name: str = "ovseg-writer",
+    ) -> None:
+        self._work, self._sink = work, sink
+        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix=name)
+        self._futures: queue.Queue[object] = queue.Queue(maxsize=max(1, depth))
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name=f"{name}-sink", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while True:
+            future = self._futures.get()
+            if future is _DONE:
+                return
+            assert isinstance(future, Future)
+            if self._error is not None:
+                future.cancel()
+                continue
+            try:
+                self._sink(future.result())
+            except BaseException as exc:
+                self._error = exc  # keep draining so the producer never blocks
+
+    def submit(self, item: T) -> None:
+        """Start ``work`` on an item (blocks while ``depth`` are in flight); raises the
+        pool's first error if there was one."""
+        if self._error is not None:
+            raise self._error
+        self._futures.put(self._pool.submit(self._work, item))
+
+    def finish(self) -> None:
+        """Wait until every item went through ``sink``; raises the first error if any."""
+        self.stop()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        """Let the items in flight finish and end the threads, without raising."""
+        if self._thread.is_alive():
+            self._futures.put(_DONE)
+            self._thread.join()
+        self._pool.shutdown(wait=True, cancel_futures=True)

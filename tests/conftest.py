@@ -79,7 +79,7 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_model(tiny_weights: Path):
     """A training-free segmenter on the tiny CLIP, shared by tests (it is stateless)."""
     from ovseg_cli.config import SegmentConfig
-    from ovseg_cli.segment.protocol import load_model
+    from ovseg_cli.segment.loading import load_model
 
     # the native 64 px (not the default 1.5x) and ClearCLIP: small and quick, as tests need
     cfg = SegmentConfig(

@@ -17,11 +17,11 @@ from typer.testing import CliRunner
 from video_factory import make_text_file, truncate
 from video_factory import make_video as _make_video
 
+from ovseg_cli.batch.inputs import expand_inputs, is_batch, output_names
+from ovseg_cli.batch.manifest import Manifest, latest, read_manifest
 from ovseg_cli.cli import app
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.outputs import MARKER, read_marker
-from ovseg_cli.segment.inputs import expand_inputs, is_batch, output_names
-from ovseg_cli.segment.manifest import Manifest, latest, read_manifest
 
 runner = CliRunner()
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -224,13 +224,13 @@ def test_batch_refusals(tmp_path: Path, clips: Path, tiny_weights: Path) -> None
 def test_python_api_reuses_one_model(
     tmp_path: Path, clips: Path, tiny_model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ovseg_cli.segment.protocol as protocol
-    from ovseg_cli.segment.batch import segment_videos
+    import ovseg_cli.segment.loading as loading
+    from ovseg_cli.batch import segment_videos
 
     def no_load(*args, **kwargs):
         raise AssertionError("the model given must be used")
 
-    monkeypatch.setattr(protocol, "load_model", no_load)
+    monkeypatch.setattr(loading, "load_model", no_load)
     calls = []
     encode = type(tiny_model).encode_vocabulary
     monkeypatch.setattr(type(tiny_model), "encode_vocabulary",

@@ -16,9 +16,9 @@ import pytest
 from typer.testing import CliRunner
 from video_factory import make_video
 
+from ovseg_cli.batch.manifest import read_manifest
 from ovseg_cli.cli import app
 from ovseg_cli.outputs import read_marker
-from ovseg_cli.segment.manifest import read_manifest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'ovseg[ray]')")
 
@@ -103,7 +103,7 @@ def test_ray_engine_matches_the_local_engine(
 def test_a_killed_worker_has_its_video_retried(
     cluster, videos: Path, local_out: Path, tiny_weights: Path, tmp_path: Path
 ) -> None:
-    from ovseg_cli.segment.batch import segment_videos
+    from ovseg_cli.batch import segment_videos
 
     out = tmp_path / "out"
     killed: list[tuple[str, int]] = []

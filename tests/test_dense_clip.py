@@ -95,7 +95,7 @@ def test_windows_in_the_segmenter_are_the_references_slide(tiny_weights) -> None
     from ovseg_cli.clip.prompts import Vocabulary
     from ovseg_cli.clip.sliding import slide_logits
     from ovseg_cli.config import SegmentConfig
-    from ovseg_cli.segment.protocol import load_model
+    from ovseg_cli.segment.loading import load_model
 
     model = load_model(SegmentConfig(clip="ovseg-tiny", pretrained=str(tiny_weights),
                                      window=32, stride=16, temporal=False, device="cpu"))  # fmt: skip

@@ -47,7 +47,7 @@ def frames() -> list[np.ndarray]:
 
 def _vit_b16_logits(device: str, precision: str, frames: list[np.ndarray]) -> torch.Tensor:
     from ovseg_cli.classes import parse_classes
-    from ovseg_cli.segment.protocol import load_model
+    from ovseg_cli.segment.loading import load_model
 
     # pretrained none: open_clip's weights from a fixed seed, the same on every device
     model = load_model(

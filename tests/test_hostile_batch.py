@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 from video_factory import make_video as _make_video
 
+from ovseg_cli.batch.inputs import expand_inputs
+from ovseg_cli.batch.manifest import read_manifest
 from ovseg_cli.cli import app
-from ovseg_cli.segment.inputs import expand_inputs
-from ovseg_cli.segment.manifest import read_manifest
 
 runner = CliRunner()
 
@@ -86,12 +86,12 @@ def test_case_04_manifest_that_is_a_folder_is_refused_before_loading(
     clips, lab = batch
     (lab / "manifest.jsonl").unlink()
     (lab / "manifest.jsonl").mkdir()
-    import ovseg_cli.segment.protocol as protocol
+    import ovseg_cli.segment.loading as loading
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the manifest was checked")
 
-    monkeypatch.setattr(protocol, "load_model", no_model)
+    monkeypatch.setattr(loading, "load_model", no_model)
     res = _segment(clips, "--out", lab, "--overwrite", weights=tiny_weights)
     assert "manifest.jsonl is not a regular file" in _one_line_error(res)
 

@@ -78,7 +78,7 @@ def test_case_18_window_none_is_accepted_as_help_says(
 def test_case_12_sigterm_while_loading_is_an_interruption(
     tmp_path: Path, small_video: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ovseg_cli.segment.protocol as protocol
+    import ovseg_cli.segment.loading as loading
 
     def load_model(*args, **kwargs):
         # what an extension module does with a signal during its import: ImportError
@@ -89,7 +89,7 @@ def test_case_12_sigterm_while_loading_is_an_interruption(
             raise ImportError("initialization failed") from None
         raise AssertionError("no signal arrived")
 
-    monkeypatch.setattr(protocol, "load_model", load_model)
+    monkeypatch.setattr(loading, "load_model", load_model)
     res = _run("segment", small_video, "-c", "a,b", "--out", tmp_path / "o", *_tiny(tiny_weights))
     line = _one_line_error(res, code=143)
     assert line == "error: interrupted (SIGTERM); partial output removed"
@@ -189,7 +189,7 @@ def test_case_16_checkpoint_without_its_digest_loads_with_a_warning(
 def test_case_19_eval_classes_file_is_checked_before_the_model_loads(
     tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ovseg_cli.segment.protocol as protocol
+    import ovseg_cli.segment.loading as loading
     from ovseg_cli.datasets import prepare
 
     data = prepare("folder", make_folder(tmp_path / "raw", frames=4), tmp_path / "prep",
@@ -198,7 +198,7 @@ def test_case_19_eval_classes_file_is_checked_before_the_model_loads(
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the classes file was read")
 
-    monkeypatch.setattr(protocol, "load_model", no_model)
+    monkeypatch.setattr(loading, "load_model", no_model)
     unreadable = tmp_path / "classes"
     unreadable.mkdir()  # a folder: unreadable as a file whoever runs the test
     bad = tmp_path / "bad.txt"

@@ -158,7 +158,7 @@ def test_batched_keyframes_equal_one_at_a_time(
 
 def test_batched_trained_model_equals_one_at_a_time(tiny_checkpoint: Path) -> None:
     from ovseg_cli.config import SegmentConfig
-    from ovseg_cli.segment.protocol import load_model
+    from ovseg_cli.segment.loading import load_model
 
     model = load_model(SegmentConfig(checkpoint=str(tiny_checkpoint), device="cpu"))
     vocabulary = model.encode_vocabulary(parse_classes("road,sky"))

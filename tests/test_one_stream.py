@@ -146,7 +146,8 @@ def test_camvid_val_with_keyframes(tmp_path: Path, tiny_weights: Path) -> None:
 def test_both_segmenters_satisfy_the_declared_interface(tiny_model, tiny_checkpoint) -> None:
     """The stream runs either through the `Segmenter` protocol alone (no probing)."""
     from ovseg_cli.config import SegmentConfig
-    from ovseg_cli.segment.protocol import Segmenter, StreamState, load_model
+    from ovseg_cli.segment.loading import load_model
+    from ovseg_cli.segment.protocol import Segmenter, StreamState
 
     trained = load_model(SegmentConfig(checkpoint=str(tiny_checkpoint), device="cpu"))
     for model in (tiny_model, trained):

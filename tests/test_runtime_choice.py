@@ -49,7 +49,7 @@ def test_onnx_refuses_what_it_cannot_run(monkeypatch) -> None:
 
 
 def test_onnx_runtime_missing_fails_before_loading_clip(monkeypatch) -> None:
-    from ovseg_cli.segment.protocol import load_model
+    from ovseg_cli.segment.loading import load_model
 
     monkeypatch.setattr(rt, "onnxruntime_available", lambda: False)
     with pytest.raises(OvsegError, match="ovseg\\[onnx\\]"):
@@ -89,7 +89,7 @@ def test_a_failed_export_falls_back_to_torch_under_auto_only(monkeypatch, caplog
 @pytest.mark.skipif(not rt.onnxruntime_available(), reason="needs ovseg[onnx]")
 def test_training_free_segmenter_on_onnx_runtime_matches_torch(tiny_weights) -> None:
     from ovseg_cli.classes import parse_classes
-    from ovseg_cli.segment.protocol import load_model
+    from ovseg_cli.segment.loading import load_model
 
     def build(runtime: str):
         return load_model(
@@ -114,7 +114,7 @@ def test_training_free_segmenter_on_onnx_runtime_matches_torch(tiny_weights) -> 
 def test_ov2vss_checkpoint_reads_its_intermediate_blocks_from_onnx_runtime(tiny_checkpoint):
     from ovseg_cli.classes import parse_classes
     from ovseg_cli.runtime.onnx_session import OnnxDenseEncoder
-    from ovseg_cli.segment.protocol import load_model
+    from ovseg_cli.segment.loading import load_model
 
     def build(runtime: str):
         return load_model(
@@ -183,7 +183,7 @@ def test_an_unknown_ovseg_runtime_is_refused_naming_the_valid_values(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """OVSEG_RUNTIME=foo or =pytorch was silently ignored (auto ran its own choice)."""
-    from ovseg_cli.segment.protocol import load_model
+    from ovseg_cli.segment.loading import load_model
 
     monkeypatch.setattr(rt, "onnxruntime_available", lambda: True)
     monkeypatch.setenv("OVSEG_RUNTIME", "foo")

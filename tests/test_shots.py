@@ -104,7 +104,7 @@ def test_ov2vss_distant_frame_is_the_first_of_the_current_shot(
     tmp_path: Path, tiny_checkpoint: Path
 ) -> None:
     from ovseg_cli.config import SegmentConfig
-    from ovseg_cli.segment.protocol import load_model
+    from ovseg_cli.segment.loading import load_model
 
     model = load_model(SegmentConfig(checkpoint=str(tiny_checkpoint), device="cpu"))
     video = joined_clips(tmp_path / "cut.mp4", first=6, second=6)
@@ -159,7 +159,7 @@ def test_meta_records_the_cuts_and_the_setting(tmp_path: Path, tiny_weights: Pat
 
 def test_ov2vss_state_starts_afresh_when_the_frame_size_changes(tiny_checkpoint: Path) -> None:
     from ovseg_cli.config import SegmentConfig
-    from ovseg_cli.segment.protocol import load_model
+    from ovseg_cli.segment.loading import load_model
 
     model = load_model(SegmentConfig(checkpoint=str(tiny_checkpoint), device="cpu"))
     vocabulary = model.encode_vocabulary(parse_classes("road,sky"))

@@ -324,3 +324,15 @@ def test_real_avi_with_audio(tmp_path: Path) -> None:
     assert out["frames"] == 25 and out["rate"] == 10
     assert out["audio"] == "aac"
     assert out["audio_seconds"] == pytest.approx(2.5, abs=0.06)
+
+
+@pytest.mark.parametrize("size", [(720, 1280), (65, 97), (1, 1)])
+def test_rgb_frame_is_the_frame_from_ndarray_makes(size: tuple[int, int]) -> None:
+    from ovseg_cli.video.writer import rgb_frame
+
+    rgb = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+    ours, theirs = rgb_frame(rgb), av.VideoFrame.from_ndarray(rgb, format="rgb24")
+    assert np.array_equal(ours.to_ndarray(), rgb) and np.array_equal(theirs.to_ndarray(), rgb)
+    fmt = "yuv420p" if size[0] % 2 == 0 and size[1] % 2 == 0 else "yuv444p"
+    assert np.array_equal(ours.reformat(format=fmt).to_ndarray(),
+                          theirs.reformat(format=fmt).to_ndarray())  # fmt: skip

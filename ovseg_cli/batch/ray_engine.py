@@ -27,9 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ovseg_cli.errors import STOP_SIGNALS, Interrupted, OvsegError, last_stop_signal
-from ovseg_cli.outputs import remove_abandoned, writer_record
-from ovseg_cli.segment.batch import (
+from ovseg_cli.batch.plan import (
     BatchItem,
     BatchPlan,
     Progress,
@@ -39,6 +37,8 @@ from ovseg_cli.segment.batch import (
     output_state,
     segment_item,
 )
+from ovseg_cli.errors import STOP_SIGNALS, Interrupted, OvsegError, last_stop_signal
+from ovseg_cli.outputs import remove_abandoned, writer_record
 
 RETRIES = 2  # more tries for a video whose worker died (a video that fails is not retried)
 DEFAULT_CPUS_PER_WORKER = 4
@@ -55,7 +55,7 @@ class SegmentWorker:
         try:
             import torch
 
-            from ovseg_cli.segment.protocol import load_model
+            from ovseg_cli.segment.loading import load_model
 
             if threads:
                 torch.set_num_threads(threads)  # the CPUs Ray gave this worker

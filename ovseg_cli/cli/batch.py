@@ -1,5 +1,5 @@
 """`ovseg segment` with many videos: one progress bar over the batch, a summary table, and
-exit code 1 when a video failed. The work is ``ovseg_cli.segment.batch``'s."""
+exit code 1 when a video failed. The work is ``ovseg_cli.batch``'s."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from ovseg_cli.cli.progress import Progress, done
 from ovseg_cli.errors import OvsegError
 
 if TYPE_CHECKING:
-    from ovseg_cli.segment.batch import BatchItem, BatchPlan, VideoResult
+    from ovseg_cli.batch.plan import BatchItem, BatchPlan, VideoResult
 
-ENGINES = ("local", "ray")  # as ovseg_cli.segment.batch.ENGINES, without importing it
+ENGINES = ("local", "ray")  # as ovseg_cli.batch.plan.ENGINES, without importing it
 FAILED_SHOWN = 20  # failed videos listed in the summary; the manifest has them all
 
 
@@ -81,7 +81,7 @@ def segment_batch(
     plan: BatchPlan, engine: str, address: str | None, cpus_per_worker: int | None, quiet: bool
 ) -> None:
     """Run a planned batch with a progress bar, then print its summary; exit 1 if any failed."""
-    from ovseg_cli.segment.batch import run_batch
+    from ovseg_cli.batch.run import run_batch
 
     progress = BatchProgress(plan, quiet)
     results: list[VideoResult] = []

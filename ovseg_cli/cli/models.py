@@ -70,7 +70,7 @@ def _describe_checkpoint(checkpoint: Path, pretrained: str | None) -> None:
 
     from ovseg_cli.config import SegmentConfig
     from ovseg_cli.model.summary import model_report
-    from ovseg_cli.segment.protocol import load_model
+    from ovseg_cli.segment.loading import load_model
 
     seg = load_model(SegmentConfig(checkpoint=str(checkpoint), pretrained=pretrained, device="cpu"))
     report = model_report(seg)

@@ -1,7 +1,7 @@
 """`ovseg segment`: parses the options, shows progress, writes nothing itself.
 
 One INPUT that is a video file is a single run; several, or a folder, a glob or an @list,
-are a batch (``cli/batch.py``, ``ovseg_cli.segment.batch``).
+are a batch (``cli/batch.py``, ``ovseg_cli.batch``).
 """
 
 from __future__ import annotations
@@ -75,10 +75,10 @@ def segment_command(
 ) -> None:
     """Segment videos: overlay.mp4, palette masks (--masks) and meta.json in an output folder
     per video; a batch resumes where it stopped (DIR/manifest.jsonl)."""
+    from ovseg_cli.batch.inputs import is_batch
+    from ovseg_cli.batch.plan import plan_batch
     from ovseg_cli.classes import resolve_classes
     from ovseg_cli.config_io import resolve
-    from ovseg_cli.segment.batch import plan_batch
-    from ovseg_cli.segment.inputs import is_batch
     from ovseg_cli.segment.run import run_segment
 
     cfg = resolve(SegmentConfig, config, settings)

@@ -161,7 +161,7 @@ def run_eval(
             raise OvsegError("rank 0 could not make the report folder (see its error)")
         from ovseg_cli.evaluation.protocol import evaluate
         from ovseg_cli.runtime import export_listener
-        from ovseg_cli.segment.protocol import load_model
+        from ovseg_cli.segment.loading import load_model
 
         with export_listener(on_status or (lambda message: None)):  # an ONNX export says so
             model = model or load_model(seg)

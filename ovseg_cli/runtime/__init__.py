@@ -11,30 +11,28 @@ ONNX Runtime is imported only when it is used, so ``import ovseg_cli`` stays lig
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import importlib.util
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ovseg_cli.config import RUNTIMES
 from ovseg_cli.errors import OvsegError, did_you_mean
+from ovseg_cli.runtime.events import ExportListener, export_listener, notify_export
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger("ovseg")
 
+__all__ = [
+    "ExportListener", "export_listener", "notify_export", "onnx_encoder", "onnxruntime_available",
+    "place_encoder", "resolve_runtime", "runtime_info",
+]  # fmt: skip
+
 INSTALL_HINT = "pip install 'ovseg[onnx]'"
 RUNTIME_ENV = "OVSEG_RUNTIME"  # what `auto` means on a machine
-
-# called with a one-line message when an export starts (the CLI shows it in its progress bar)
-ExportListener = Callable[[str], None]
-_listener: contextvars.ContextVar[ExportListener | None] = contextvars.ContextVar(
-    "ovseg_export_listener", default=None
-)
 
 
 def onnxruntime_available() -> bool:
@@ -83,23 +81,6 @@ def machine_runtime() -> str:
             + did_you_mean(value, RUNTIMES)
         )
     return value
-
-
-@contextlib.contextmanager
-def export_listener(callback: ExportListener) -> Iterator[None]:
-    """Within this block, ``callback(message)`` is called whenever an ONNX export starts."""
-    token = _listener.set(callback)
-    try:
-        yield
-    finally:
-        _listener.reset(token)
-
-
-def notify_export(message: str) -> None:
-    """Tell the current listener, if any, that an export (seconds to minutes) is starting."""
-    callback = _listener.get()
-    if callback is not None:
-        callback(message)
 
 
 def runtime_info(runtime: str, encoder: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import torch
 
 from ovseg_cli.clip.dense import DenseClipEncoder, DenseFeatures
 from ovseg_cli.errors import OvsegError
-from ovseg_cli.runtime import notify_export
+from ovseg_cli.runtime.events import notify_export
 from ovseg_cli.runtime.onnx_cache import (
     GRAPH_KEY_PROP,
     CachedGraph,
@@ -30,6 +30,7 @@ from ovseg_cli.runtime.onnx_cache import (
     report_unusable,
 )
 from ovseg_cli.runtime.onnx_export import INPUT_NAME, export_graph, output_names, verify
+from ovseg_cli.threads import usable_cores
 
 log = logging.getLogger("ovseg")
 
@@ -39,13 +40,6 @@ THREADS_ENV = "OVSEG_ONNX_THREADS"
 SPINNING = False
 # beyond this many intra-op threads per usable core the count is a mistake (capped_threads)
 MAX_THREADS_PER_CORE = 4
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 def default_threads(cores: int | None = None) -> int:

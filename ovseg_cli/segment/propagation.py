@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,6 +172,55 @@ class FlowEstimator:
             borderMode=cv2.BORDER_REPLICATE,
         )  # fmt: skip
         return Flow(field, cv2.absdiff(frame, warped))
+
+
+MAX_FLOW_THREADS = 4
+
+
+class FlowPool:
+    """Optical flow of frame pairs on a pool of threads, one DIS estimator each: the pairs
+    are independent, so keyframe mode keeps up with a fast model (a GPU) on several cores.
+
+    ``submit`` returns a ``Future`` of the ``Flow``, or the ``Flow`` itself with one worker
+    (no thread then). ``resolve`` turns either into the ``Flow``.
+    """
+
+    def __init__(self, preset: str = "fast", size: int | None = 240, workers: int = 1) -> None:
+        self.estimator = FlowEstimator(preset, size)  # the caller's thread: grey images
+        self._preset, self._size = preset, size
+        self._local = threading.local()
+        self._pool = (
+            ThreadPoolExecutor(workers, thread_name_prefix="ovseg-flow") if workers > 1 else None
+        )
+
+    def _flow(self, frame: np.ndarray, keyframe: np.ndarray) -> Flow:
+        estimator = getattr(self._local, "estimator", None)
+        if estimator is None:  # DIS is not thread-safe: one per thread
+            estimator = self._local.estimator = FlowEstimator(self._preset, self._size)
+        return estimator(frame, keyframe)
+
+    def submit(self, frame: np.ndarray, keyframe: np.ndarray) -> Flow | Future[Flow]:
+        """The flow from ``frame`` to ``keyframe`` (grey images), or its future."""
+        if self._pool is None:
+            return self.estimator(frame, keyframe)
+        return self._pool.submit(self._flow, frame, keyframe)
+
+    @staticmethod
+    def resolve(flow: Flow | Future[Flow] | None) -> Flow | None:
+        """The flow a ``submit`` gave, waiting for it if it is still being computed."""
+        return flow.result() if isinstance(flow, Future) else flow
+
+    def close(self) -> None:
+        """Stop the threads; flows not started yet are dropped."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def flow_threads() -> int:
+    """Threads for keyframe mode's optical flow: the cores left to it, up to 4."""
+    from ovseg_cli.threads import spare_cores
+
+    return spare_cores(MAX_FLOW_THREADS)
 
 
 def identity_flow(height: int, width: int) -> Flow:

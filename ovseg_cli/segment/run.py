@@ -18,18 +18,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ovseg_cli import __version__
+from ovseg_cli.batch.fingerprint import settings_fingerprint
 from ovseg_cli.classes import ClassSpec, colors_for, with_background
 from ovseg_cli.config import SegmentConfig
 from ovseg_cli.config_io import to_dict
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.outputs import OutputFolder, check_destination
-from ovseg_cli.segment.fingerprint import settings_fingerprint
 from ovseg_cli.video.reader import VideoInfo, VideoReader
 
 if TYPE_CHECKING:
     from ovseg_cli.clip.prompts import Vocabulary
 
 MASK_FORMAT = "palette PNG, pixel value = class index, 255 = unlabelled"
+MAX_WRITER_THREADS = 4  # overlays and PNG masks drawn at once; the encoder is one more
+
+
+def writer_threads() -> int:
+    """Threads that draw overlays and write PNG masks: a core's worth each, up to 4, leaving
+    one core to the model and the decoder where there are few."""
+    from ovseg_cli.threads import spare_cores
+
+    return spare_cores(MAX_WRITER_THREADS)
 
 
 @dataclass
@@ -138,9 +147,9 @@ def run_segment(
 
     from ovseg_cli.exports.cvat import labelmap_text
     from ovseg_cli.runtime import export_listener
-    from ovseg_cli.segment.protocol import load_model
+    from ovseg_cli.segment.loading import load_model
     from ovseg_cli.segment.stream import SegmentationStream, StreamSettings
-    from ovseg_cli.threads import BackgroundWorker
+    from ovseg_cli.threads import OrderedPool
     from ovseg_cli.video.rendering import (
         OverlayRenderer,
         palette_bytes,
@@ -180,19 +189,28 @@ def run_segment(
             context = ExportContext(folder.path, names, colors, Path(video).name, unlabelled)
             sinks = ExportSet(exports, context, fps=info.average_rate, start=config.start)
 
-        def write(result: Any) -> None:
-            if writer is not None:
-                writer.write(renderer.render(result.frame, result.mask), result.pts)
+        def draw(result: Any) -> tuple[Any, Any]:
+            """Any pool thread: the work each frame needs alone (overlay, PNG mask)."""
+            overlay = renderer.render(result.frame, result.mask) if writer is not None else None
             if config.masks:
                 save_palette_png(
                     result.mask, palette, folder.path / "masks" / f"{result.index:06d}.png"
                 )
+            return result, overlay
+
+        def write(drawn: tuple[Any, Any]) -> None:
+            """One thread, frames in order: the encoder and the exports need the order."""
+            result, overlay = drawn
+            if writer is not None:
+                writer.write(overlay, result.pts)
             if sinks is not None:  # each export writes the frame out now, keeping nothing
                 sinks.add(result.index, result.time, result.mask)
 
         if on_start is not None:
             on_start(info, info.frames_between(config.start, config.end))
-        worker = BackgroundWorker(write, depth=max(4, stream.batch))  # room for a batch
+        workers = writer_threads()
+        # room for a batch of frames, and one in each drawing thread
+        worker = OrderedPool(draw, write, workers=workers, depth=max(4, stream.batch) + workers)
         t1 = time.perf_counter()
         frames = 0
         keyframes: list[int] = []  # indices only: a few bytes per keyframe

@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,9 +36,16 @@ from ovseg_cli.classes import ClassSpec, resolve_classes, with_background
 from ovseg_cli.clip.prompts import Vocabulary
 from ovseg_cli.config import SegmentConfig, default_of
 from ovseg_cli.config_io import from_mapping, to_dict
+from ovseg_cli.segment.loading import load_model
 from ovseg_cli.segment.masks import logits_to_mask
-from ovseg_cli.segment.propagation import Flow, FlowEstimator, KeyframeSettings, propagate_scores
-from ovseg_cli.segment.protocol import Segmenter, load_model
+from ovseg_cli.segment.propagation import (
+    Flow,
+    FlowPool,
+    KeyframeSettings,
+    flow_threads,
+    propagate_scores,
+)
+from ovseg_cli.segment.protocol import Segmenter
 from ovseg_cli.segment.shots import ShotDetector
 from ovseg_cli.threads import Prefetcher
 from ovseg_cli.video.reader import DecodedFrame, VideoInfo, VideoReader
@@ -59,6 +67,9 @@ class FrameResult:
     shot_start: bool = False  # a cut was detected here: the temporal state started afresh
 
 
+MASKS_AHEAD = 2  # results whose masks are being made while the model runs on
+
+
 @dataclass
 class _Planned:
     """A decoded frame and what the reader thread prepared for it."""
@@ -67,11 +78,14 @@ class _Planned:
     key: bool
     image: torch.Tensor | None = None  # keyframes: the model's input
     cut: bool = False  # the frame starts a new shot (always a keyframe)
-    prev_flow: Flow | None = None  # frames in between: flow to the previous keyframe
-    next_flow: Flow | None = None  # bidirectional: flow to the next keyframe, once read
+    # Flow, or its Future while a FlowPool computes it (FlowPool.resolve where it is used)
+    prev_flow: Flow | Future[Flow] | None = None  # frames in between: to the previous keyframe
+    next_flow: Flow | Future[Flow] | None = None  # bidirectional: to the next keyframe, once read
     next_key: _Planned | None = None  # bidirectional: the next keyframe, once read
     forward_only: bool = False  # bidirectional: a cut comes before the next keyframe
-    back_flows: dict[int, Flow] | None = None  # bidirectional keyframe: flows of the frames
+    back_flows: dict[int, Flow | Future[Flow]] | None = (
+        None  # bidirectional keyframe: flows of the frames
+    )
     # since the previous keyframe to this one, by frame index
     logits: torch.Tensor | None = None  # keyframes, once the model has run
 
@@ -145,6 +159,7 @@ class SegmentationStream:
         self.cuts: list[int] = []  # indices of the frames that started a new shot
         self.peak_held = 0  # most frames held at once between reading and returning them
         self.flow_resolution: tuple[int, int] | None = None  # (w, h) the flow is computed at
+        self.flow_workers = flow_threads()  # threads computing keyframe mode's flows
         # a whole batch of frames can be read while the previous batch runs
         self._frames = Prefetcher(self._plan(), depth=max(4, self.batch))
         self._results = self._stream()
@@ -180,34 +195,52 @@ class SegmentationStream:
                 cut = shots is not None and shots(frame.rgb)
                 yield _Planned(frame, True, self.model.prepare(frame.rgb, self.size), cut=cut)
             return
-        flows = FlowEstimator(settings.flow_preset, settings.flow_size)
+        # the pairs' flows on a pool (futures, resolved where they are used): auto mode
+        # needs each flow at once to choose keyframes, and computes it here
+        flows = FlowPool(settings.flow_preset, settings.flow_size, self.flow_workers)
         key_grey: np.ndarray | None = None
         waiting: dict[int, np.ndarray] = {}  # bidirectional: grey frames since the keyframe
         since = 0
-        for frame in self.reader:
-            grey = flows.grey(frame.rgb)
-            self.flow_resolution = (grey.shape[1], grey.shape[0])
-            since += 1
-            cut = shots is not None and shots(frame.rgb)
-            flow = None
-            if key_grey is not None and not cut and settings.auto:  # auto: the warp
-                flow = flows(grey, key_grey)
-            if key_grey is None or cut or settings.is_keyframe(since, flow):
-                item = _Planned(frame, True, self.model.prepare(frame.rgb, self.size), cut=cut)
-                if settings.bidirectional:
-                    # across a cut the other shot's scores are no use: forward only
-                    item.back_flows = {} if cut else {i: flows(g, grey) for i, g in waiting.items()}
-                    waiting.clear()
-                key_grey, since = grey, 0
-            else:
-                if flow is None:
-                    flow = flows(grey, key_grey)
-                item = _Planned(frame, False, prev_flow=flow)
-                if settings.bidirectional:
-                    waiting[frame.index] = grey
-            yield item
+        try:
+            for frame in self.reader:
+                grey = flows.estimator.grey(frame.rgb)
+                self.flow_resolution = (grey.shape[1], grey.shape[0])
+                since += 1
+                cut = shots is not None and shots(frame.rgb)
+                flow = None
+                if key_grey is not None and not cut and settings.auto:  # auto: the warp
+                    flow = flows.estimator(grey, key_grey)
+                if key_grey is None or cut or settings.is_keyframe(since, flow):
+                    image = self.model.prepare(frame.rgb, self.size)
+                    item = _Planned(frame, True, image, cut=cut)
+                    if settings.bidirectional:
+                        # across a cut the other shot's scores are no use: forward only
+                        back = {} if cut else {i: flows.submit(g, grey) for i, g in waiting.items()}
+                        item.back_flows = back
+                        waiting.clear()
+                    key_grey, since = grey, 0
+                else:
+                    prev = flow if flow is not None else flows.submit(grey, key_grey)
+                    item = _Planned(frame, False, prev_flow=prev)
+                    if settings.bidirectional:
+                        waiting[frame.index] = grey
+                yield item
+        finally:
+            flows.close()
 
     def _stream(self) -> Iterator[FrameResult]:
+        """The frames' results in order; each mask (upsampling, best class) is made in a
+        thread of its own while the model goes on with the next frames."""
+        with ThreadPoolExecutor(1, thread_name_prefix="ovseg-masks") as masks:
+            pending: deque[Future[FrameResult]] = deque()
+            for head, logits in self._scores():
+                pending.append(masks.submit(self._result, head, logits))
+                if len(pending) > MASKS_AHEAD:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
+    def _scores(self) -> Iterator[tuple[_Planned, torch.Tensor]]:
         """Model thread: run keyframes (in batches), propagate to the rest, in frame order."""
         window: deque[_Planned] = deque()  # frames read and not yet returned, in order
         prev_logits: torch.Tensor | None = None
@@ -257,9 +290,10 @@ class SegmentationStream:
                 if nxt is not None:
                     t = (head.frame.index - prev_index) / (nxt.frame.index - prev_index)
                 logits = propagate_scores(
-                    prev_logits, head.prev_flow, nxt.logits if nxt else None, head.next_flow, t
-                )
-            yield self._result(head, logits)
+                    prev_logits, FlowPool.resolve(head.prev_flow), nxt.logits if nxt else None,
+                    FlowPool.resolve(head.next_flow), t,
+                )  # fmt: skip
+            yield head, logits
 
     @staticmethod
     def _pending(window: deque[_Planned]) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import shutil
 import signal
 import time
@@ -25,6 +24,7 @@ import torch
 
 from ovseg_cli import distributed as dist
 from ovseg_cli.errors import STOP_SIGNALS, Interrupted, OvsegError
+from ovseg_cli.threads import usable_cores
 from ovseg_cli.train.config import TrainConfig
 from ovseg_cli.train.run_dir import RunDir
 from ovseg_cli.train.state import Progress, load_training_state, save_training_state
@@ -168,10 +168,8 @@ def train(
     try:
         if ctx.device.type == "cpu" and cfg.data.workers:
             # loader processes need cores too; oversubscribed OpenMP threads spin and stall
-            cores = (
-                len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-            )
-            torch.set_num_threads(max(1, (cores or 1) // ctx.world - cfg.data.workers))
+            cores = usable_cores()
+            torch.set_num_threads(max(1, cores // ctx.world - cfg.data.workers))
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed % 2**32)
         clip = load_clip(cfg.model.clip, cfg.model.pretrained, device=str(ctx.device))

@@ -7,7 +7,9 @@ carry no time stamps); the pixels are what the files hold.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
@@ -25,6 +27,16 @@ def read_image(path: str | Path, mode: str | None = "RGB") -> np.ndarray:
             return np.array(img.convert(mode) if mode else img)
     except (OSError, UnidentifiedImageError) as exc:
         raise OvsegError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+MAX_IMAGE_THREADS = 4
+
+
+def image_threads() -> int:
+    """Threads decoding a dataset's images ahead: the cores left, up to 4."""
+    from ovseg_cli.threads import spare_cores
+
+    return spare_cores(MAX_IMAGE_THREADS)
 
 
 class ImageSequence:
@@ -48,9 +60,22 @@ class ImageSequence:
         )  # fmt: skip
 
     def __iter__(self) -> Iterator[DecodedFrame]:
-        for i, path in enumerate(self.images):
-            time = float(i / self.info.average_rate)
-            yield DecodedFrame(index=i, pts=i, time=time, rgb=read_image(path))
+        """The frames in order; the next few images are decoded ahead by a pool of threads
+        (PIL decodes without the GIL), so a fast model does not wait for the files."""
+        workers = image_threads()
+        rate = self.info.average_rate
+        if workers == 1:
+            for i, path in enumerate(self.images):
+                yield DecodedFrame(index=i, pts=i, time=float(i / rate), rgb=read_image(path))
+            return
+        with ThreadPoolExecutor(workers, thread_name_prefix="ovseg-images") as pool:
+            ahead: deque[Future[np.ndarray]] = deque()
+            paths = iter(self.images)
+            for i in range(len(self.images)):
+                while len(ahead) < 2 * workers and (path := next(paths, None)) is not None:
+                    ahead.append(pool.submit(read_image, path))
+                rgb = ahead.popleft().result()
+                yield DecodedFrame(index=i, pts=i, time=float(i / rate), rgb=rgb)
 
     def close(self) -> None:
         """Nothing to release: each image is closed once read."""

@@ -36,8 +36,12 @@ _VIDEO_ENCODERS = ("libx264", "libopenh264", "mpeg4")
 _MP4_AUDIO_COPY = frozenset({"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"})
 _MPEG4_MAX_TB_DEN = 65535
 # Codec options (AVOptions), not attributes: they mean the same in every PyAV version.
+# libx264 by measurement on the 720p dog clip (90 frames, 2 cores, threads auto, which beat
+# 2): veryfast crf 20 9.3 ms a frame, 38.5 dB PSNR, 0.57 MB; superfast crf 22 7.0 ms,
+# 38.6 dB, 0.84 MB; ultrafast crf 23 6.0 ms, 38.8 dB, 1.24 MB. superfast: a quarter less
+# time for the same quality, at half again the size (an overlay is a preview).
 _ENCODER_OPTIONS = {
-    "libx264": {"preset": "veryfast", "crf": "20"},
+    "libx264": {"preset": "superfast", "crf": "22"},
     "mpeg4": {"global_quality": str(3 * 118)},  # qscale 3 in lambda units (FF_QP2LAMBDA)
 }
 
@@ -64,6 +68,20 @@ def _pick_encoder(codec: str | None) -> str:
         if _encoder_works(name):
             return name
     raise OvsegError(f"no usable video encoder found (tried {', '.join(_VIDEO_ENCODERS)})")
+
+
+def rgb_frame(rgb: np.ndarray) -> Any:
+    """An (H, W, 3) uint8 array as an rgb24 ``av.VideoFrame``, by one copy into its plane.
+
+    The same frame as ``VideoFrame.from_ndarray`` gives, so the same encoded bytes, in a
+    tenth of the time at 720p (0.3 against 4 ms here).
+    """
+    h, w = rgb.shape[:2]
+    frame = av.VideoFrame(w, h, "rgb24")
+    plane = frame.planes[0]
+    rows = np.frombuffer(plane, np.uint8).reshape(h, plane.line_size)  # a view: no copy
+    rows[:, : w * 3] = rgb.reshape(h, w * 3)
+    return frame
 
 
 def _packet_seconds(packet: Any) -> float | None:
@@ -263,7 +281,7 @@ class VideoWriter:
         pad_h, pad_w = self._height - arr.shape[0], self._width - arr.shape[1]
         if pad_h or pad_w:
             arr = np.pad(arr, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
+        frame = rgb_frame(arr)
 
         tb = self.info.time_base
         if self._pts0 is None:
