@@ -1,8 +1,8 @@
 """Small threading helpers so decoding and writing overlap with the model.
 
-PyAV, PIL and numpy release the GIL in their heavy parts, so a reader thread and a
-writer thread run alongside torch. Queues are bounded, so memory stays bounded too;
-an exception in a worker is re-raised in the caller's thread.
+PyAV, PIL, OpenCV and numpy release the GIL in their heavy parts, so a reader thread and
+pools of writing threads run alongside torch. Queues are bounded, so memory stays bounded
+too; an exception in a worker is re-raised in the caller's thread.
 """
 
 from __future__ import annotations
@@ -85,48 +85,6 @@ class Prefetcher(Generic[T]):
             except queue.Empty:
                 break
         self._thread.join(timeout=10)
-
-
-class BackgroundWorker(Generic[T]):
-    """Feeds items to ``handle`` in one background thread, in order, ``depth`` items deep."""
-
-    def __init__(
-        self, handle: Callable[[T], None], depth: int = 4, name: str = "ovseg-writer"
-    ) -> None:
-        self._handle = handle
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _DONE:
-                return
-            if self._error is None:
-                try:
-                    self._handle(item)  # type: ignore[arg-type]
-                except BaseException as exc:
-                    self._error = exc  # keep draining so the producer never blocks
-
-    def submit(self, item: T) -> None:
-        """Queue an item; raises the worker's error if it has failed."""
-        if self._error is not None:
-            raise self._error
-        self._queue.put(item)
-
-    def finish(self) -> None:
-        """Wait for all queued items; raises the worker's error if any."""
-        self.stop()
-        if self._error is not None:
-            raise self._error
-
-    def stop(self) -> None:
-        """Let the queued items finish and end the thread, without raising."""
-        if self._thread.is_alive():
-            self._queue.put(_DONE)
-            self._thread.join()
 
 
 class OrderedPool(Generic[T, R]):

@@ -32,6 +32,16 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+def one_line_error(res, code: int = 2) -> str:
+    """The last line of a CLI run that failed as users are promised: one ``error:`` line, the
+    exit code, no traceback; returns that line."""
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == code, res.output
+    assert lines and lines[-1].startswith("error: "), res.output
+    assert "Traceback" not in res.output and "internal error" not in res.output, res.output
+    return lines[-1]
+
+
 def shared_file(*parts: str) -> Path:
     """A file of ../shared/data, or skip the test with the reason (fail where CI requires it)."""
     return shared_path("data", *parts)

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import one_line_error
 from typer.testing import CliRunner
 from video_factory import make_video as _make_video
 
@@ -31,13 +32,6 @@ def _segment(*args: str | Path, weights: Path, overlay: bool = False):
     )  # fmt: skip
 
 
-def _one_line_error(res, code: int = 2) -> str:
-    lines = [line for line in res.output.splitlines() if line.strip()]
-    assert res.exit_code == code, res.output
-    assert lines[-1].startswith("error: ") and "internal error" not in res.output, res.output
-    return lines[-1]
-
-
 @pytest.fixture
 def batch(tmp_path: Path, tiny_weights: Path) -> tuple[Path, Path]:
     """Two clips and a finished batch of them in lab/."""
@@ -58,7 +52,7 @@ def test_case_01_symlinked_manifest_is_refused_and_its_target_untouched(
     (lab / "manifest.jsonl").unlink()
     (lab / "manifest.jsonl").symlink_to(Path("..") / "victim.txt")
     res = _segment(clips, "--out", lab, weights=tiny_weights)
-    assert "manifest.jsonl is a symbolic link" in _one_line_error(res)
+    assert "manifest.jsonl is a symbolic link" in one_line_error(res)
     assert victim.read_text() == "keep me\n"
 
 
@@ -93,7 +87,7 @@ def test_case_04_manifest_that_is_a_folder_is_refused_before_loading(
 
     monkeypatch.setattr(loading, "load_model", no_model)
     res = _segment(clips, "--out", lab, "--overwrite", weights=tiny_weights)
-    assert "manifest.jsonl is not a regular file" in _one_line_error(res)
+    assert "manifest.jsonl is not a regular file" in one_line_error(res)
 
 
 def test_case_05_unreadable_subfolder_is_skipped_with_a_warning(

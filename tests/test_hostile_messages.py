@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_line_error
 from dataset_factory import make_folder
 from typer.testing import CliRunner
 
@@ -28,14 +29,6 @@ def _run(*args: str | Path):
     return runner.invoke(app, list(map(str, args)))
 
 
-def _one_line_error(res, code: int = 2) -> str:
-    lines = [line for line in res.output.splitlines() if line.strip()]
-    assert res.exit_code == code, res.output
-    assert lines and lines[-1].startswith("error: "), res.output
-    assert "Traceback" not in res.output and "internal error" not in res.output, res.output
-    return lines[-1]
-
-
 def _tiny(weights: Path) -> list[str | Path]:
     return ["--clip", "ovseg-tiny", "--pretrained", weights]
 
@@ -45,7 +38,7 @@ def test_case_02_stride_larger_than_the_window_is_refused(
 ) -> None:
     res = _run("segment", small_video, "-c", "a,b", "--window", "32", "--stride", "100",
                "--out", tmp_path / "o", *_tiny(tiny_weights))  # fmt: skip
-    assert "stride (100 px) must not exceed window (32 px)" in _one_line_error(res)
+    assert "stride (100 px) must not exceed window (32 px)" in one_line_error(res)
     assert not (tmp_path / "o").exists()
 
 
@@ -72,7 +65,7 @@ def test_case_18_window_none_is_accepted_as_help_says(
     assert res.exit_code == 0, res.output
     assert "window: null" in (tmp_path / "o" / "config.yaml").read_text()
     res = _run("segment", small_video, "-c", "a,b", "--window", "abc", "--out", tmp_path / "x")
-    assert "window must be int, not 'abc'" in _one_line_error(res)
+    assert "window must be int, not 'abc'" in one_line_error(res)
 
 
 def test_case_12_sigterm_while_loading_is_an_interruption(
@@ -91,7 +84,7 @@ def test_case_12_sigterm_while_loading_is_an_interruption(
 
     monkeypatch.setattr(loading, "load_model", load_model)
     res = _run("segment", small_video, "-c", "a,b", "--out", tmp_path / "o", *_tiny(tiny_weights))
-    line = _one_line_error(res, code=143)
+    line = one_line_error(res, code=143)
     assert line == "error: interrupted (SIGTERM); partial output removed"
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.partial-*"))
 
@@ -112,7 +105,7 @@ def test_case_13_an_open_cut_short_by_ctrl_c_is_an_interruption(
 
     monkeypatch.setattr(av, "open", blocked_open)
     res = _run("segment", small_video, "-c", "a,b", "--out", tmp_path / "o")
-    line = _one_line_error(res, code=130)
+    line = one_line_error(res, code=130)
     assert line == "error: interrupted (SIGINT); partial output removed"
 
 
@@ -140,7 +133,7 @@ def test_case_14_bad_set_values_name_set_not_the_file(tmp_path: Path) -> None:
     for value, message in [("nan", "finite number, not 'nan'"), ("abc", "float, not 'abc'")]:
         res = _run("train", "--config", config, "--set", f"optim.lr={value}", "--data", data,
                    "--out", tmp_path / "run")  # fmt: skip
-        line = _one_line_error(res)
+        line = one_line_error(res)
         assert line.startswith("error: --set: optim.lr must be ") and message in line, line
         assert "smoke.yaml" not in line
 
@@ -160,10 +153,10 @@ def test_case_15_control_characters_in_class_names_are_refused(
     classes.write_bytes(content)
     res = _run("segment", small_video, "--classes-file", classes, "--masks", "--out",
                tmp_path / "o", *_tiny(tiny_weights))  # fmt: skip
-    assert f"contains the control character {where}" in _one_line_error(res)
+    assert f"contains the control character {where}" in one_line_error(res)
     assert not (tmp_path / "o").exists()
     res = _run("segment", small_video, "-c", "road,s\x1bky", "--out", tmp_path / "o")
-    assert "contains the control character U+001B" in _one_line_error(res)
+    assert "contains the control character U+001B" in one_line_error(res)
 
 
 def test_case_16_checkpoint_without_its_digest_loads_with_a_warning(
@@ -206,5 +199,5 @@ def test_case_19_eval_classes_file_is_checked_before_the_model_loads(
     for classes_file, message in [(unreadable, "is a folder"), (bad, "'skyy' is not a class")]:
         res = _run("eval", "--data", data, "--classes-file", classes_file, "-o",
                    tmp_path / "report", *_tiny(tiny_weights))  # fmt: skip
-        assert message in _one_line_error(res)
+        assert message in one_line_error(res)
         assert not (tmp_path / "report").exists()

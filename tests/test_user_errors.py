@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import one_line_error
 from dataset_factory import make_camvid
 from typer.testing import CliRunner
 from video_factory import make_video, truncate
@@ -31,14 +32,6 @@ run: {log_every: 1, ckpt_every: 1, val_every: 0}
 
 def _run(*args: str | Path):
     return runner.invoke(app, list(map(str, args)))
-
-
-def _one_line_error(res, code: int = 2) -> str:
-    lines = [line for line in res.output.splitlines() if line.strip()]
-    assert res.exit_code == code, res.output
-    assert lines and lines[-1].startswith("error: "), res.output
-    assert "Traceback" not in res.output and "internal error" not in res.output, res.output
-    return lines[-1]
 
 
 def _tiny(weights: Path) -> list[str]:
@@ -75,7 +68,7 @@ def test_sizes_that_scale_memory_are_refused_before_any_work(
     ]
     for extra, message in cases:
         res = _run(*seg, "--out", tmp_path / "out", *extra)
-        assert message in _one_line_error(res), (extra, res.output)
+        assert message in one_line_error(res), (extra, res.output)
         assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
     flow.unlink()
     ev = ["eval", "--data", prepared, "--split", "all", *_tiny(tiny_weights), "-q"]
@@ -85,7 +78,7 @@ def test_sizes_that_scale_memory_are_refused_before_any_work(
         (["--vc", "0"], "each vc window must be between 2 and 256"),
     ):
         res = _run(*ev, "--out", tmp_path / "report", *extra)
-        assert message in _one_line_error(res), (extra, res.output)
+        assert message in one_line_error(res), (extra, res.output)
         assert not (tmp_path / "report").exists() and _leftovers(tmp_path) == []
 
 
@@ -99,11 +92,11 @@ def test_missing_images_of_an_index(tmp_path: Path, tiny_weights: Path) -> None:
     (tmp_path / "cfg.yaml").write_text(TRAIN)
     res = _run("train", "--data", tmp_path / "ds", "--out", tmp_path / "run",
                "--config", tmp_path / "cfg.yaml", "-q")  # fmt: skip
-    assert "file(s) it lists are missing" in _one_line_error(res)
+    assert "file(s) it lists are missing" in one_line_error(res)
     assert not (tmp_path / "run").exists()
     res = _run("eval", "--data", tmp_path / "ds", "--out", tmp_path / "report", "--split", "all",
                *_tiny(tiny_weights), "-q")  # fmt: skip
-    assert "file(s) it lists are missing" in _one_line_error(res)
+    assert "file(s) it lists are missing" in one_line_error(res)
     assert not (tmp_path / "report").exists()
 
 
@@ -114,20 +107,20 @@ def test_train_run_control(tmp_path: Path, prepared: Path) -> None:
     run = tmp_path / "run"
     for steps in ("0", "-5"):
         res = _run(*base, "--out", run, "--max-steps", steps)
-        assert f"run.max_steps must be at least 1, not {steps}" in _one_line_error(res)
+        assert f"run.max_steps must be at least 1, not {steps}" in one_line_error(res)
         assert not run.exists()
     res = _run(*base, "--out", run, "--set", "optim.lr=nan")
-    assert "optim.lr must be a finite number" in _one_line_error(res)
+    assert "optim.lr must be a finite number" in one_line_error(res)
     res = _run(*base, "--out", run, "--set", "data.workers=-1")
-    assert "data.workers must be >= 0, not -1" in _one_line_error(res)
+    assert "data.workers must be >= 0, not -1" in one_line_error(res)
     assert not run.exists()
 
     run.mkdir()  # what a killed run leaves: files, no checkpoint
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')
     res = _run(*base, "--out", run)
-    assert "already holds files; pass --resume" in _one_line_error(res)
+    assert "already holds files; pass --resume" in one_line_error(res)
     res = _run(*base, "--out", run, "--overwrite")
-    assert "was not written by ovseg" in _one_line_error(res)  # not ovseg's: refused
+    assert "was not written by ovseg" in one_line_error(res)  # not ovseg's: refused
     (run / "metrics.jsonl").unlink()
     assert _run(*base, "--out", run).exit_code == 0  # an empty folder is fine
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -137,7 +130,7 @@ def test_train_run_control(tmp_path: Path, prepared: Path) -> None:
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2]  # a fresh log, not appended to the old one
     res = _run(*base, "--out", prepared, "--overwrite")
-    assert "an input of this run" in _one_line_error(res)
+    assert "an input of this run" in one_line_error(res)
 
 
 def test_disk_full_is_one_line_and_leaves_nothing(
@@ -152,7 +145,7 @@ def test_disk_full_is_one_line_and_leaves_nothing(
     video = make_video(tmp_path / "v.mp4", frames=4)
     res = _run("segment", video, "-c", "a,b", "--masks", "--out", tmp_path / "out",
                *_tiny(tiny_weights), "-q")  # fmt: skip
-    line = _one_line_error(res, code=1)
+    line = one_line_error(res, code=1)
     assert "disk full writing" in line and "000000.png" in line
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
 
@@ -188,7 +181,7 @@ def test_messages_say_what_is_wrong(tmp_path: Path, tiny_weights: Path) -> None:
     video = make_video(tmp_path / "v.mp4", frames=3)
     seg = ["segment", video, "--out", tmp_path / "out", *_tiny(tiny_weights), "-q"]
     res = _run(*seg, "--classes-file", tmp_path)
-    assert "is a folder, not a classes file" in _one_line_error(res)
+    assert "is a folder, not a classes file" in one_line_error(res)
     res = _run(*seg, "-c", "e: #ff0000,a:b", "--masks", "--no-overlay")
     assert res.exit_code == 0, res.output
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
