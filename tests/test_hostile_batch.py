@@ -57,8 +57,8 @@ def test_case_01_symlinked_manifest_is_refused_and_its_target_untouched(
 
 
 def test_case_01_manifest_link_made_after_the_check_is_not_followed(tmp_path: Path) -> None:
-    from ovseg_cli.errors import OvsegError
     from ovseg_cli.batch import manifest as m
+    from ovseg_cli.errors import OvsegError
 
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me\n")
