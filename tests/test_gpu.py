@@ -149,3 +149,17 @@ def test_eval_and_train_steps(gpu: str, tmp_path: Path, tiny_weights: Path) -> N
     assert [d["step"] for d in losses if "loss" in d] == [1, 2, 3, 4]
     assert all(np.isfinite(d["loss"]) for d in losses if "loss" in d)
     assert (tmp_path / "run" / "last.safetensors").is_file()
+
+
+def test_overlay_drawn_on_the_gpu_is_the_cpu_one(gpu: str) -> None:
+    from ovseg_cli.classes import UNLABELLED, default_color
+    from ovseg_cli.video.rendering import DeviceOverlayRenderer, OverlayRenderer
+
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    mask = rng.integers(0, 5, (720, 1280), dtype=np.uint8)
+    mask[:50] = UNLABELLED
+    names, colors = CLASSES.split(","), [default_color(i) for i in range(5)]
+    cpu = OverlayRenderer(names, colors).render(frame, mask)
+    on_gpu = DeviceOverlayRenderer(names, colors, device=gpu).render(frame, mask)
+    assert np.array_equal(on_gpu, cpu)  # the default alpha 0.5 blends exactly alike

@@ -118,3 +118,23 @@ def test_legend_wraps_many_classes_into_columns() -> None:
     assert legend.shape[0] <= 120
     found = {tuple(c) for c in legend[..., :3].reshape(-1, 3)}
     assert all(c in found for c in colors)
+
+
+@pytest.mark.parametrize(("alpha", "tolerance"), [(0.5, 0), (0.3, 1), (0.8, 1)])
+def test_device_renderer_draws_what_opencv_draws(alpha: float, tolerance: int) -> None:
+    from ovseg_cli.video.rendering import DeviceOverlayRenderer, overlay_renderer
+
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (180, 320, 3), dtype=np.uint8)
+    mask = rng.integers(0, 3, (180, 320), dtype=np.uint8)
+    mask[40:60, 100:200] = UNLABELLED
+    names = ["road", "sky", "a rather long class name"]
+    cpu = OverlayRenderer(names, COLORS, alpha=alpha).render(frame, mask)
+    device = DeviceOverlayRenderer(names, COLORS, alpha=alpha, device="cpu")
+    out = device.render(frame, mask)
+    assert out.dtype == np.uint8 and out.shape == frame.shape
+    assert np.abs(out.astype(int) - cpu).max() <= tolerance
+    assert np.array_equal(out[40:60, 100:200], frame[40:60, 100:200])  # unlabelled: untouched
+    assert type(overlay_renderer(names, COLORS, alpha, "cpu")) is OverlayRenderer
+    # any other device draws there ("meta" stands in for a GPU this machine lacks)
+    assert isinstance(overlay_renderer(names, COLORS, alpha, "meta"), DeviceOverlayRenderer)

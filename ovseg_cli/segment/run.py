@@ -151,7 +151,7 @@ def run_segment(
     from ovseg_cli.segment.stream import SegmentationStream, StreamSettings
     from ovseg_cli.threads import OrderedPool
     from ovseg_cli.video.rendering import (
-        OverlayRenderer,
+        overlay_renderer,
         palette_bytes,
         save_palette_png,
     )
@@ -178,7 +178,7 @@ def run_segment(
                 start=config.start,
                 end=config.end,
             )
-        renderer = OverlayRenderer(names, colors, alpha=config.alpha)
+        renderer = overlay_renderer(names, colors, config.alpha, model.device)
         palette = palette_bytes(colors)
         if config.masks:
             (folder.path / "masks").mkdir()
