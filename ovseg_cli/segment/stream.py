@@ -83,10 +83,8 @@ class _Planned:
     next_flow: Flow | Future[Flow] | None = None  # bidirectional: to the next keyframe, once read
     next_key: _Planned | None = None  # bidirectional: the next keyframe, once read
     forward_only: bool = False  # bidirectional: a cut comes before the next keyframe
-    back_flows: dict[int, Flow | Future[Flow]] | None = (
-        None  # bidirectional keyframe: flows of the frames
-    )
-    # since the previous keyframe to this one, by frame index
+    # bidirectional keyframe: flows of the frames since the previous keyframe, by index
+    back_flows: dict[int, Flow | Future[Flow]] | None = None
     logits: torch.Tensor | None = None  # keyframes, once the model has run
 
 
