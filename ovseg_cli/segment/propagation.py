@@ -211,9 +211,11 @@ class FlowPool:
         return flow.result() if isinstance(flow, Future) else flow
 
     def close(self) -> None:
-        """Stop the threads; flows not started yet are dropped."""
+        """No more flows: the threads end once those asked for are done. Nothing is
+        cancelled: the reader closes the pool at the end of the video, while the frames
+        whose flows are still being computed wait to be returned."""
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=False)
 
 
 def flow_threads() -> int:
