@@ -109,6 +109,18 @@ def test_case_13_an_open_cut_short_by_ctrl_c_is_an_interruption(
     assert line == "error: interrupted (SIGINT); partial output removed"
 
 
+def _wait_until_blocked_in_the_fifo(pid: int, timeout: float = 120.0) -> None:
+    """Until the process waits for a FIFO's writer (Linux: its wchan); elsewhere a pause."""
+    wchan = Path(f"/proc/{pid}/wchan")
+    if not wchan.exists():
+        time.sleep(8)
+        return
+    deadline = time.monotonic() + timeout
+    while wchan.read_text().strip() != "wait_for_partner":  # the kernel's FIFO open wait
+        assert time.monotonic() < deadline, "ovseg never reached the FIFO's open()"
+        time.sleep(0.05)
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
 def test_case_13_ctrl_c_while_opening_a_fifo_is_an_interruption(tmp_path: Path) -> None:
     fifo = tmp_path / "pipe.mp4"
@@ -118,7 +130,7 @@ def test_case_13_ctrl_c_while_opening_a_fifo_is_an_interruption(tmp_path: Path) 
          str(tmp_path / "o")],
         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    time.sleep(4)  # past the imports, into the open() of the FIFO
+    _wait_until_blocked_in_the_fifo(proc.pid)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out
