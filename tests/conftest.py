@@ -42,6 +42,19 @@ def one_line_error(res, code: int = 2) -> str:
     return lines[-1]
 
 
+@pytest.fixture
+def disk_full_masks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writing a PNG mask fails as a full disk makes it fail (ENOSPC, naming the file)."""
+    import errno
+
+    from ovseg_cli.video import rendering
+
+    def full(mask, palette, path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(rendering, "save_palette_png", full)
+
+
 def shared_file(*parts: str) -> Path:
     """A file of ../shared/data, or skip the test with the reason (fail where CI requires it)."""
     return shared_path("data", *parts)

@@ -143,14 +143,8 @@ def test_case_06_rerun_of_a_glob_skips_ovseg_outputs(
 
 
 def test_case_17_disk_full_in_a_batch_is_recorded_as_disk_full(
-    tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tiny_weights: Path, disk_full_masks: None
 ) -> None:
-    from ovseg_cli.video import rendering
-
-    def full(mask, palette, path):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-
-    monkeypatch.setattr(rendering, "save_palette_png", full)
     make_video(tmp_path / "clips" / "a.mp4")
     res = _segment(tmp_path / "clips", "--out", tmp_path / "lab", weights=tiny_weights)
     assert res.exit_code == 1, res.output

@@ -3,7 +3,6 @@ memory, tracebacks, silent truncation, training run control, misleading messages
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -134,14 +133,8 @@ def test_train_run_control(tmp_path: Path, prepared: Path) -> None:
 
 
 def test_disk_full_is_one_line_and_leaves_nothing(
-    tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tiny_weights: Path, disk_full_masks: None
 ) -> None:
-    from ovseg_cli.video import rendering
-
-    def full(mask, palette, path):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-
-    monkeypatch.setattr(rendering, "save_palette_png", full)
     video = make_video(tmp_path / "v.mp4", frames=4)
     res = _run("segment", video, "-c", "a,b", "--masks", "--out", tmp_path / "out",
                *_tiny(tiny_weights), "-q")  # fmt: skip
