@@ -231,7 +231,6 @@ def evaluate(
     on_frame: Callable[[], None] | None = None,
     out_dir: Path | None = None,
     ctx: dist.DistContext | None = None,
-    checked: tuple[list[int], list[Video], list[ClassSpec]] | None = None,
 ) -> EvalResult:
     """Stream the chosen videos through a segmenter and score them (see the module doc).
 
@@ -241,8 +240,7 @@ def evaluate(
     """
     ctx = ctx or dist.DistContext()
     seg = seg or SegmentConfig()
-    # ``checked``: what check_eval_inputs gave the caller, so the files are not stat'ed twice
-    classes, videos, specs = checked or check_eval_inputs(index, cfg)
+    classes, videos, specs = check_eval_inputs(index, cfg)
     check_memory(model, videos, len(classes), cfg.size)
     vocabulary = model.encode_vocabulary(specs)
     lut = np.full(256, UNLABELLED, np.uint8)  # dataset class -> position in the vocabulary

@@ -138,7 +138,7 @@ def run_eval(
     from ovseg_cli.evaluation.protocol import check_eval_inputs
 
     index = load_index(data)
-    checked = check_eval_inputs(index, cfg)  # a bad classes file fails before the model loads
+    check_eval_inputs(index, cfg)  # a bad classes file, say, fails before the model loads
     final = Path.cwd() / f"{index.root.name}_eval_{cfg.split}" if out is None else out
     inputs = [index.root, index.source_root or None, cfg.classes_file, *inputs]
     if seg.checkpoint:
@@ -169,9 +169,7 @@ def run_eval(
             videos = [v for v in index.videos_in(cfg.data_split)[: cfg.limit_videos] if v.labelled]
             count = (lambda v: len(v.frames)) if cfg.unlabelled else (lambda v: len(v.labelled))
             on_start(sum(count(v) for v in videos[ctx.rank :: ctx.world]))
-        result = evaluate(
-            model, index, cfg, seg, on_frame=on_frame, out_dir=path, ctx=ctx, checked=checked
-        )
+        result = evaluate(model, index, cfg, seg, on_frame=on_frame, out_dir=path, ctx=ctx)
         report = report_dict(result, index, model, cfg, seg)
         if folder is None:
             return EvalRun(final, report, result)  # rank 0 writes the report
