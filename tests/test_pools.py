@@ -86,14 +86,14 @@ def test_outputs_do_not_depend_on_the_number_of_drawing_threads(
 ) -> None:
     from ovseg_cli.classes import parse_classes
     from ovseg_cli.config import SegmentConfig
-    from ovseg_cli.segment import run
+    from ovseg_cli.segment import run, writing
 
     video = make_video(tmp_path / "v.mp4", frames=30, size=(96, 64), audio=True)
     cfg = SegmentConfig(clip="ovseg-tiny", pretrained=str(tiny_weights), size=64, masks=True,
                         export=("cvat", "coco", "stats"), keyframe_interval=4)  # fmt: skip
     outputs = []
     for threads in (1, 4):
-        monkeypatch.setattr(run, "writer_threads", lambda threads=threads: threads)
+        monkeypatch.setattr(writing, "writer_threads", lambda threads=threads: threads)
         out = tmp_path / f"t{threads}"
         run.run_segment(video, parse_classes("road,sky,tree"), cfg, out=out)
         outputs.append(_contents(out))
@@ -150,10 +150,10 @@ def test_written_masks_are_the_streams_in_order(
 
     from ovseg_cli.classes import parse_classes
     from ovseg_cli.config import SegmentConfig
-    from ovseg_cli.segment import run
+    from ovseg_cli.segment import run, writing
     from ovseg_cli.segment.stream import segment_video
 
-    monkeypatch.setattr(run, "writer_threads", lambda: 4)
+    monkeypatch.setattr(writing, "writer_threads", lambda: 4)
     cfg = SegmentConfig(clip="ovseg-tiny", pretrained=str(tiny_weights), size=64,
                         dense_method="clearclip", templates="vild", masks=True, **settings)  # fmt: skip
     for video in (_clip_with_a_cut(tmp_path / "cut.mp4"),

@@ -24,21 +24,11 @@ from ovseg_cli.config import SegmentConfig
 from ovseg_cli.config_io import to_dict
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.outputs import OutputFolder, check_destination
+from ovseg_cli.segment.writing import MASK_FORMAT, ResultWriter
 from ovseg_cli.video.reader import VideoInfo, VideoReader
 
 if TYPE_CHECKING:
     from ovseg_cli.clip.prompts import Vocabulary
-
-MASK_FORMAT = "palette PNG, pixel value = class index, 255 = unlabelled"
-MAX_WRITER_THREADS = 4  # overlays and PNG masks drawn at once; the encoder is one more
-
-
-def writer_threads() -> int:
-    """Threads that draw overlays and write PNG masks: a core's worth each, up to 4, leaving
-    one core to the model and the decoder where there are few."""
-    from ovseg_cli.threads import spare_cores
-
-    return spare_cores(MAX_WRITER_THREADS)
 
 
 @dataclass
@@ -145,19 +135,11 @@ def run_segment(
     reader = VideoReader(video, start=config.start, end=config.end)
     info = reader.info
 
-    from ovseg_cli.exports.cvat import labelmap_text
     from ovseg_cli.runtime import export_listener
     from ovseg_cli.segment.loading import load_model
     from ovseg_cli.segment.stream import SegmentationStream, StreamSettings
-    from ovseg_cli.threads import OrderedPool
-    from ovseg_cli.video.rendering import (
-        overlay_renderer,
-        palette_bytes,
-        save_palette_png,
-    )
-    from ovseg_cli.video.writer import VideoWriter
 
-    writer = stream = worker = sinks = folder = None
+    stream = sink = folder = None
     try:
         folder = OutputFolder(
             destination, "segment", overwrite=overwrite,
@@ -168,72 +150,28 @@ def run_segment(
             model = model or load_model(config)
         vocabulary = vocabulary or model.encode_vocabulary(classes)
         load_seconds = time.perf_counter() - t0
-        names, colors = vocabulary.names, vocabulary.colors
         stream = SegmentationStream(reader, vocabulary, model, StreamSettings.from_config(config))
-        if config.overlay:
-            writer = VideoWriter(
-                folder.path / "overlay.mp4",
-                info,
-                audio_from=video,
-                start=config.start,
-                end=config.end,
-            )
-        renderer = overlay_renderer(names, colors, config.alpha, model.device)
-        palette = palette_bytes(colors)
-        if config.masks:
-            (folder.path / "masks").mkdir()
-        if exports:
-            from ovseg_cli.exports import ExportContext, ExportSet
-
-            unlabelled = config.threshold is not None  # masks may hold 255
-            context = ExportContext(folder.path, names, colors, Path(video).name, unlabelled)
-            sinks = ExportSet(exports, context, fps=info.average_rate, start=config.start)
-
-        def draw(result: Any) -> tuple[Any, Any]:
-            """Any pool thread: the work each frame needs alone (overlay, PNG mask)."""
-            overlay = renderer.render(result.frame, result.mask) if writer is not None else None
-            if config.masks:
-                save_palette_png(
-                    result.mask, palette, folder.path / "masks" / f"{result.index:06d}.png"
-                )
-            return result, overlay
-
-        def write(drawn: tuple[Any, Any]) -> None:
-            """One thread, frames in order: the encoder and the exports need the order."""
-            result, overlay = drawn
-            if writer is not None:
-                writer.write(overlay, result.pts)
-            if sinks is not None:  # each export writes the frame out now, keeping nothing
-                sinks.add(result.index, result.time, result.mask)
-
+        sink = ResultWriter(
+            folder.path, video, info, vocabulary.names, vocabulary.colors,
+            overlay=config.overlay, masks=config.masks, exports=exports, alpha=config.alpha,
+            device=model.device, unlabelled=config.threshold is not None,  # masks may hold 255
+            start=config.start, end=config.end, depth=max(4, stream.batch),
+        )  # fmt: skip
         if on_start is not None:
             on_start(info, info.frames_between(config.start, config.end))
-        workers = writer_threads()
-        # room for a batch of frames, and one in each drawing thread
-        worker = OrderedPool(draw, write, workers=workers, depth=max(4, stream.batch) + workers)
         t1 = time.perf_counter()
         frames = 0
         keyframes: list[int] = []  # indices only: a few bytes per keyframe
         for result in stream:
-            worker.submit(result)
+            sink.submit(result)
             frames += 1
             if result.is_keyframe:
                 keyframes.append(result.index)
             if on_frame is not None:
                 on_frame(result)
-        worker.finish()
-        if writer is not None:
-            writer.close()
-        exported = sinks.close() if sinks is not None else {}
+        exported = sink.finish()
         segment_seconds = time.perf_counter() - t1
 
-        if config.masks:
-            folder.write_text(  # black (255) is declared where masks may hold it: --threshold
-                "labelmap.txt",
-                labelmap_text(
-                    names, colors, background=None if config.threshold is None else "last"
-                ),
-            )
         meta = {
             "ovseg_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -243,15 +181,17 @@ def run_segment(
                 "frames_expected": reader.frames_expected,  # what the container announced
                 "truncated": reader.truncated,
                 "skipped_frames": stream.skipped,
-                "overlay": "overlay.mp4" if writer is not None else None,
-                "video_codec": writer.codec_name if writer is not None else None,
+                "overlay": "overlay.mp4" if config.overlay else None,
+                "video_codec": sink.codec_name,
                 "masks": "masks/" if config.masks else None,
                 "mask_format": MASK_FORMAT,
                 "exports": exported,
             },
             "classes": [
                 {"index": i, "name": c.name, "prompts": list(c.texts), "color": list(col)}
-                for i, (c, col) in enumerate(zip(vocabulary.classes, colors, strict=True))
+                for i, (c, col) in enumerate(
+                    zip(vocabulary.classes, vocabulary.colors, strict=True)
+                )
             ],
             "prompt_templates": list(vocabulary.templates),
             "model": model.describe(),
@@ -277,12 +217,8 @@ def run_segment(
         out_dir = folder.commit()
         return SegmentRun(out_dir, frames, stream.skipped, load_seconds, segment_seconds, meta)
     except BaseException:
-        if worker is not None:
-            worker.stop()  # the writer thread must be idle before the file is dropped
-        if writer is not None:
-            writer.abort()
-        if sinks is not None:
-            sinks.abort()
+        if sink is not None:
+            sink.abort()
         if folder is not None:
             folder.discard()
         raise
