@@ -21,6 +21,9 @@ _LAZY = {
     "FrameResult": "ovseg_cli.segment.stream",
     "load_clip": "ovseg_cli.clip.loading",
     "parse_classes": "ovseg_cli.classes",
+    "PropagateConfig": "ovseg_cli.config",
+    "propagate_video": "ovseg_cli.propagate.engine",
+    "read_labels": "ovseg_cli.propagate.labels",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -40,6 +40,7 @@ MAX_BATCH = 256  # --batch: keyframes per encoder pass
 MAX_INTERVAL = 1000  # --keyframe-interval, --max-interval: frames held between keyframes
 MAX_HISTORY = 64  # --temporal-history: fused frames kept
 MAX_VC = 256  # eval --vc: frames of a consistency window
+MAX_GAP = 100_000  # propagate --max-gap: frames
 
 
 def setting(
@@ -236,6 +237,66 @@ class EvalConfig:
             _check_range("each vc window", n, 2, MAX_VC, " frames")
         if self.examples < 0:
             raise OvsegError(f"examples must be >= 0, not {self.examples}")
+
+
+FILLS = ("none", "model")  # what labels the frames no labelled frame reaches
+
+
+def _as_in(cls: type, name: str) -> Any:
+    """The same setting (default, help, choices) as ``cls`` declares it, for another command."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return field(default=f.default, metadata=f.metadata)
+
+
+@dataclass
+class PropagateConfig:
+    """Settings of `ovseg propagate` (and of `propagate_video` in the library)."""
+
+    empty_frames: bool = setting(
+        False,
+        "Count a frame whose labels are all unlabelled (a frame nobody annotated, all black "
+        "in a CVAT export, without annotations in COCO) as a labelled frame.",
+    )
+    bidirectional: bool = setting(
+        True,
+        "Blend the labels of the labelled frames before and after each frame (off: the "
+        "previous one only, and the next one before the first).",
+    )
+    max_gap: int | None = setting(
+        None,
+        "Carry labels at most N frames from a labelled frame; frames farther away stay "
+        "unlabelled, or are segmented by the model with --fill model.",
+    )
+    fill: str = setting(
+        "none",
+        "What labels the frames no labelled frame reaches (another shot, beyond --max-gap): "
+        "none (unlabelled, 255) or model (segmented with the labels' class names as prompts; "
+        "needs CLIP weights, see segment's model options).",
+        choices=FILLS,
+    )
+    flow_preset: str = _as_in(SegmentConfig, "flow_preset")
+    flow_size: int | None = setting(
+        None,
+        "Short side in pixels at which optical flow is computed (none: the frame's own).",
+    )
+    shot_threshold: float = _as_in(SegmentConfig, "shot_threshold")
+    overlay: bool = _as_in(SegmentConfig, "overlay")
+    masks: bool = _as_in(SegmentConfig, "masks")
+    export: tuple[str, ...] | None = _as_in(SegmentConfig, "export")
+    alpha: float = _as_in(SegmentConfig, "alpha")
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if not 0.0 <= self.alpha <= 1.0:
+            raise OvsegError(f"alpha must be between 0 and 1, not {self.alpha}")
+        if not 0.0 <= self.shot_threshold <= 255.0:
+            raise OvsegError(f"shot_threshold must be between 0 and 255, not {self.shot_threshold}")
+        _check_range("max_gap", self.max_gap, 1, MAX_GAP, " frames")
+        _check_range("flow_size", self.flow_size, 16, MAX_SIDE, " pixels")
+        if self.export is not None:
+            from ovseg_cli.exports import parse_exports
+
+            self.export = tuple(parse_exports(self.export)) or None
 
 
 def _exports_help() -> str:

@@ -145,3 +145,21 @@ def dump_yaml(cfg: Any, path: str | Path) -> None:
     import yaml
 
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+def load_sections(
+    path: str | Path | None, sections: Mapping[str, type]
+) -> dict[str, dict[str, Any]]:
+    """The named sections of a config file of several (empty without a file); an unknown
+    section or one that is not a mapping is refused with a suggestion."""
+    data = load_yaml(path) if path is not None else {}
+    for key in data:
+        if key not in sections:
+            names = ", ".join(f"'{name}:'" for name in sections)
+            raise OvsegError(
+                f"{path}: unknown section {key!r}" + did_you_mean(str(key), list(sections))
+                + f"; this config has {names} sections"
+            )  # fmt: skip
+        if not isinstance(data[key], dict):
+            raise OvsegError(f"{path}: section {key!r} must be a mapping of settings")
+    return {name: dict(data.get(name) or {}) for name in sections}

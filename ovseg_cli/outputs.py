@@ -30,7 +30,7 @@ from ovseg_cli import __version__
 from ovseg_cli.errors import OvsegError
 
 MARKER = ".ovseg-output.json"
-KINDS = ("segment", "eval", "prep", "train", "batch")  # batch: many segment folders
+KINDS = ("segment", "eval", "prep", "train", "batch", "propagate")  # batch: many segment folders
 
 # partial folders of this process, removed by the CLI on a signal (see cli_common)
 _ACTIVE: dict[Path, OutputFolder] = {}

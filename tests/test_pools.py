@@ -233,3 +233,30 @@ def test_flows_asked_for_before_the_pool_closes_are_all_computed() -> None:
     pool.close()  # the reader reached the end of the video: the flows are still wanted
     flows = [FlowPool.resolve(f) for f in pending]
     assert all(f.field.shape == (120, 160, 2) for f in flows)
+
+
+def test_memory_stays_flat_over_a_long_clip(tmp_path: Path, tiny_weights: Path) -> None:
+    """Four times the frames through the whole run (keyframes, bidirectional flows, overlay,
+    masks, exports), the same peak memory: the queues and pools are bounded."""
+    import tracemalloc
+
+    from ovseg_cli.classes import parse_classes
+    from ovseg_cli.config import SegmentConfig
+    from ovseg_cli.segment.run import run_segment
+
+    cfg = SegmentConfig(
+        clip="ovseg-tiny", pretrained=str(tiny_weights), size=64, masks=True,
+        export=("cvat", "coco"), keyframe_interval=4, bidirectional=True,
+    )  # fmt: skip
+    peaks = {}
+    for frames in (40, 160):
+        video = make_video(tmp_path / f"clip{frames}.mp4", frames=frames, size=(192, 128))
+        for attempt in ("warm", "measured"):  # caches and first imports are not the clip's
+            out = tmp_path / f"out{frames}{attempt}"
+            tracemalloc.start()
+            try:
+                run_segment(video, parse_classes("road,sky,tree"), cfg, out=out)
+                peaks[frames] = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+    assert peaks[160] < peaks[40] + 4 * 192 * 128 * 3, peaks

@@ -15,6 +15,7 @@ from ovseg_cli import __version__
 from ovseg_cli.cli.eval import eval_command
 from ovseg_cli.cli.models import models_command
 from ovseg_cli.cli.prep import prep_app
+from ovseg_cli.cli.propagate import propagate_command
 from ovseg_cli.cli.segment import segment_command
 from ovseg_cli.cli.train import train_command
 
@@ -43,6 +44,7 @@ def _root(
 
 
 app.command("segment")(segment_command)
+app.command("propagate")(propagate_command)
 app.command("models")(models_command)
 app.add_typer(prep_app, name="prep")
 app.command("train")(train_command)

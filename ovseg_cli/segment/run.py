@@ -57,7 +57,9 @@ def _fraction(value: Any) -> str:
     return f"{value.numerator}/{value.denominator}"
 
 
-def _input_meta(info: VideoInfo, cfg: SegmentConfig) -> dict[str, Any]:
+def input_meta(info: VideoInfo, start: float = 0.0, end: float | None = None) -> dict[str, Any]:
+    """What meta.json says of the input video (its file's size and time: a batch redoes a
+    video whose file changed)."""
     st = os.stat(info.path)
     return {
         "path": str(Path(info.path).absolute()),
@@ -73,8 +75,8 @@ def _input_meta(info: VideoInfo, cfg: SegmentConfig) -> dict[str, Any]:
         "duration_s": info.duration,
         "frame_count": info.frame_count,
         "audio": info.has_audio,
-        "start_s": cfg.start,
-        "end_s": cfg.end,
+        "start_s": start,
+        "end_s": end,
     }
 
 
@@ -175,7 +177,7 @@ def run_segment(
         meta = {
             "ovseg_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "input": _input_meta(info, config),
+            "input": input_meta(info, config.start, config.end),
             "output": {
                 "frames": frames,
                 "frames_expected": reader.frames_expected,  # what the container announced

@@ -61,9 +61,11 @@ class FrameResult:
     frame: np.ndarray  # (H, W, 3) uint8 RGB, upright
     mask: np.ndarray  # (H, W) uint8 class indices into the vocabulary; 255 = unlabelled
     # (N, gh, gw) float32 class scores at the model's resolution (log-probabilities where
-    # two keyframes were blended: same softmax and best class as the blend)
-    logits: torch.Tensor
-    is_keyframe: bool = True  # False: scores propagated from keyframes by optical flow
+    # two keyframes were blended: same softmax and best class as the blend); None where
+    # labels were carried from a person's labels (`propagate`), which have no scores
+    logits: torch.Tensor | None
+    # False: propagated by optical flow from keyframes (`propagate`: from labelled frames)
+    is_keyframe: bool = True
     shot_start: bool = False  # a cut was detected here: the temporal state started afresh
 
 

@@ -1,0 +1,354 @@
+"""Carrying a person's sparse labels through a video: one ``FrameResult`` per frame, in order.
+
+    from ovseg_cli import propagate_video
+    for r in propagate_video("clip.mp4", "labels/cvat.zip"):
+        print(r.index, r.is_keyframe, r.mask.shape)
+
+Frames a person labelled (the label set's frames) are *anchors*: their masks pass through
+unchanged, bit for bit. Every other frame takes its labels from the anchors of its shot:
+
+- between two anchors, from both (``propagation`` blends the two warped label maps per
+  pixel, by temporal distance and by how well each warped anchor matches the frame);
+- before the first or after the last anchor of a shot, from the nearest one alone;
+- never across a shot cut (``ovseg_cli.segment.shots``): a shot with no anchor stays
+  unlabelled, unless a model fills it in (``fill``);
+- no farther than ``max_gap`` frames from an anchor, when that is set.
+
+The flows are computed at the working resolution (``flow_size``) and the label maps are
+warped at their own, full resolution (nearest neighbour: class indices are never mixed,
+and unlabelled pixels, 255, stay unlabelled where they land).
+
+Memory: a frame that will take labels from the *next* anchor is held until that anchor
+is read, so at most one gap between anchors (or ``max_gap`` frames) is held; the largest
+gap is known from the label set before the video is read, and checked against the memory
+available.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ovseg_cli.classes import UNLABELLED
+from ovseg_cli.config import PropagateConfig, default_of
+from ovseg_cli.errors import OvsegError
+from ovseg_cli.propagate.labels import LabelSet, read_labels
+from ovseg_cli.segment.propagation import FlowPool, flow_threads, propagate_labels
+from ovseg_cli.segment.shots import ShotDetector
+from ovseg_cli.segment.stream import FrameResult, FrameSource
+from ovseg_cli.threads import Prefetcher
+from ovseg_cli.video.reader import DecodedFrame, VideoReader
+
+# A model that fills frames no anchor reaches: (RGB frame, shot_start) -> (H, W) uint8 mask
+Filler = Callable[[np.ndarray, bool], np.ndarray]
+
+
+@dataclass(frozen=True)
+class PropagateSettings:
+    """How labels are carried from the labelled frames to the others."""
+
+    bidirectional: bool = default_of(PropagateConfig, "bidirectional")
+    flow_preset: str = default_of(PropagateConfig, "flow_preset")
+    flow_size: int | None = default_of(PropagateConfig, "flow_size")
+    shot_threshold: float = default_of(PropagateConfig, "shot_threshold")
+    max_gap: int | None = default_of(PropagateConfig, "max_gap")
+
+    @classmethod
+    def from_config(cls, cfg: PropagateConfig) -> PropagateSettings:
+        """The settings of a ``PropagateConfig``."""
+        return cls(
+            bidirectional=cfg.bidirectional, flow_preset=cfg.flow_preset,
+            flow_size=cfg.flow_size, shot_threshold=cfg.shot_threshold, max_gap=cfg.max_gap,
+        )  # fmt: skip
+
+    def reaches(self, distance: int) -> bool:
+        """Whether an anchor ``distance`` frames away may label a frame."""
+        return self.max_gap is None or distance <= self.max_gap
+
+    def describe(self) -> dict[str, Any]:
+        """The settings for meta.json."""
+        return {
+            "method": "label maps warped by optical flow from the labelled frames (nearest "
+            "neighbour, at the labels' resolution); two sides blended per pixel by temporal "
+            "distance and warp error",
+            "bidirectional": self.bidirectional,
+            "max_gap": self.max_gap,
+            "flow": {"method": "DIS (OpenCV)", "preset": self.flow_preset, "size": self.flow_size},
+        }
+
+
+@dataclass
+class _Anchor:
+    """A frame whose labels are known: labelled by a person, or by the model (``fill``)."""
+
+    index: int
+    grey: np.ndarray  # at the flow's working resolution
+    mask: np.ndarray  # (H, W) uint8 at the frame's resolution
+
+
+@dataclass
+class _Held:
+    """A frame read and not yet returned, with what it takes its labels from."""
+
+    frame: DecodedFrame
+    grey: np.ndarray
+    cut: bool
+    prev: _Anchor | None = None
+    prev_flow: Any = None  # Flow, or its Future on the pool
+    next: _Anchor | None = None
+    next_flow: Any = None
+    wait: bool = False  # takes labels from the next anchor, not read yet
+
+
+@dataclass
+class _Counts:
+    labelled: list[int] = field(default_factory=list)  # frames that passed through
+    filled: list[int] = field(default_factory=list)  # frames the model segmented
+    unlabelled: int = 0  # frames no anchor reached
+    cuts: list[int] = field(default_factory=list)
+
+
+class LabelPropagation:
+    """An iterator of ``FrameResult`` over one video, from a ``LabelSet``."""
+
+    def __init__(
+        self,
+        source: FrameSource,
+        labels: LabelSet,
+        settings: PropagateSettings | None = None,
+        fill: Filler | None = None,
+    ) -> None:
+        self.reader = source  # opened by the caller; closed with the propagation
+        self.info = source.info
+        self.labels = labels
+        self.settings = settings = settings or PropagateSettings()
+        self.fill = fill
+        self.counts = _Counts()
+        self.flow_resolution: tuple[int, int] | None = None
+        self._wanted = set(labels.frames)
+        self._closed = False
+        try:
+            self._check()
+        except BaseException:
+            source.close()
+            raise
+        self._flows = FlowPool(settings.flow_preset, settings.flow_size, flow_threads())
+        self._frames = Prefetcher(self._read(), depth=4, name="ovseg-propagate-reader")
+        self._results = self._run()
+
+    def _check(self) -> None:
+        """Refuse labels that cannot be this video's, and gaps that would not fit in memory."""
+        from ovseg_cli.memory import available_host_bytes, check_fits
+
+        w, h = self.info.width, self.info.height
+        lw, lh = self.labels.size()
+        if (lw, lh) != (w, h):
+            raise OvsegError(
+                f"{self.labels.path}: the labels are {lw}x{lh}, the video {self.info.path.name} "
+                f"is {w}x{h}"
+            )
+        count = self.info.frame_count
+        last = self.labels.frames[-1]
+        if count is not None and last >= count:
+            raise OvsegError(
+                f"{self.labels.path}: frame {last} is labelled, but {self.info.path.name} has "
+                f"{count} frames (0 to {count - 1})"
+            )
+        frames = self.labels.frames
+        gaps = [b - a - 1 for a, b in zip([-1, *frames], frames, strict=False)]
+        gaps.append(0 if count is None else count - 1 - frames[-1])
+        held = max(gaps) if self.settings.bidirectional or frames[0] > 0 else 1
+        if self.settings.max_gap is not None:
+            held = min(held, self.settings.max_gap)
+        side = min(self.settings.flow_size or min(h, w), h, w)
+        grey = side * side * 16 // 9
+        check_fits(
+            (held + 8) * (h * w * 3 + grey),
+            available_host_bytes(),
+            f"holding up to {held} frames of {w}x{h} between labelled frames",
+            "label frames closer together, or pass --max-gap N or --no-bidirectional",
+        )
+
+    def _read(self) -> Iterator[tuple[DecodedFrame, np.ndarray, bool]]:
+        """Reader thread: decode, make the flow's grey image, detect cuts."""
+        threshold = self.settings.shot_threshold
+        shots = ShotDetector(threshold) if threshold > 0 else None
+        for frame in self.reader:
+            grey = self._flows.estimator.grey(frame.rgb)
+            self.flow_resolution = (grey.shape[1], grey.shape[0])
+            yield frame, grey, shots is not None and shots(frame.rgb)
+
+    def _next_labelled(self, index: int) -> int | None:
+        """The first labelled frame after ``index`` (cuts aside)."""
+        import bisect
+
+        frames = self.labels.frames
+        i = bisect.bisect_right(frames, index)
+        return frames[i] if i < len(frames) else None
+
+    def _run(self) -> Iterator[FrameResult]:
+        """Frames in order; those waiting for the next anchor are held until it is read."""
+        settings = self.settings
+        held: deque[_Held] = deque()
+        prev: _Anchor | None = None
+        seen = -1
+        for frame, grey, cut in self._frames:
+            seen = frame.index
+            if cut:
+                self.counts.cuts.append(frame.index)
+                yield from self._release(held, None)  # nothing crosses a cut
+                prev = None
+            if frame.index in self._wanted:
+                anchor = _Anchor(frame.index, grey, self.labels.mask(frame.index))
+                yield from self._release(held, anchor)
+                prev = anchor
+                self.counts.labelled.append(frame.index)
+                yield self._result(frame, anchor.mask, True, cut)
+                continue
+            item = _Held(frame, grey, cut)
+            if prev is not None and settings.reaches(frame.index - prev.index):
+                item.prev = prev
+                item.prev_flow = self._flows.submit(grey, prev.grey)
+            upcoming = self._next_labelled(frame.index)
+            item.wait = (
+                upcoming is not None
+                and settings.reaches(upcoming - frame.index)
+                and (settings.bidirectional or item.prev is None)
+            )
+            if not item.wait and item.prev is None and self.fill is not None:
+                yield from self._release(held, None)
+                prev = self._filled(frame, grey, cut)
+                yield self._result(frame, prev.mask, True, cut)
+                continue
+            held.append(item)
+            while held and not held[0].wait:  # nothing ahead of it waits: out in order
+                yield self._resolve(held.popleft())
+        yield from self._release(held, None)
+        missing = [i for i in self.labels.frames if i > seen]
+        if missing:
+            raise OvsegError(
+                f"{self.labels.path}: frame {missing[0]} is labelled, but "
+                f"{self.info.path.name} has {seen + 1} frames (0 to {seen})"
+            )
+
+    def _filled(self, frame: DecodedFrame, grey: np.ndarray, cut: bool) -> _Anchor:
+        """The model's labels of a frame no anchor reaches; it becomes an anchor in turn."""
+        assert self.fill is not None
+        self.counts.filled.append(frame.index)
+        return _Anchor(frame.index, grey, self.fill(frame.rgb, cut))
+
+    def _release(self, held: deque[_Held], anchor: _Anchor | None) -> Iterator[FrameResult]:
+        """The held frames, now that the next anchor (or a cut, or the end: None) is here."""
+        if anchor is not None:
+            for item in held:
+                if item.wait:
+                    item.next = anchor
+                    item.next_flow = self._flows.submit(item.grey, anchor.grey)
+        while held:
+            yield self._resolve(held.popleft())
+
+    def _resolve(self, item: _Held) -> FrameResult:
+        """One non-anchor frame's labels from the anchors it has."""
+        frame = item.frame
+        prev_flow, next_flow = FlowPool.resolve(item.prev_flow), FlowPool.resolve(item.next_flow)
+        if item.prev is not None and item.next is not None:
+            t = (frame.index - item.prev.index) / (item.next.index - item.prev.index)
+            mask = propagate_labels(item.prev.mask, prev_flow, item.next.mask, next_flow, t)
+        elif item.prev is not None:
+            mask = propagate_labels(item.prev.mask, prev_flow)
+        elif item.next is not None:
+            mask = propagate_labels(item.next.mask, next_flow)
+        else:
+            self.counts.unlabelled += 1
+            mask = np.full(frame.rgb.shape[:2], UNLABELLED, np.uint8)
+        return self._result(frame, mask, False, item.cut)
+
+    @staticmethod
+    def _result(frame: DecodedFrame, mask: np.ndarray, anchor: bool, cut: bool) -> FrameResult:
+        return FrameResult(frame.index, frame.time, frame.pts, frame.rgb, mask, None, anchor, cut)
+
+    def describe(self) -> dict[str, Any]:
+        """What was propagated how, for meta.json."""
+        info = self.settings.describe()
+        if self.flow_resolution is not None:
+            info["flow"]["resolution"] = list(self.flow_resolution)
+        c = self.counts
+        return {
+            **info,
+            "labelled_frames": len(c.labelled),
+            "model_filled_frames": c.filled,
+            "unlabelled_frames": c.unlabelled,
+            # the frames every other frame's labels came from, as `segment` calls them
+            "keyframe_indices": sorted([*c.labelled, *c.filled]),
+        }
+
+    def describe_shots(self) -> dict[str, Any]:
+        """Cut detection settings and the frames where a new shot started, for meta.json."""
+        return {
+            "method": "mean HSV difference of consecutive 64x36 thumbnails (ovseg_cli.segment.shots)",
+            "threshold": self.settings.shot_threshold or None,
+            "cuts": list(self.counts.cuts),
+        }
+
+    @property
+    def skipped(self) -> int:
+        """Frames that could not be decoded and were skipped."""
+        return self.reader.skipped
+
+    def __iter__(self) -> Iterator[FrameResult]:
+        return self
+
+    def __next__(self) -> FrameResult:
+        if self._closed:
+            raise StopIteration
+        try:
+            return next(self._results)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop decoding and release the files."""
+        if not self._closed:
+            self._closed = True
+            self._results.close()
+            self._frames.close()
+            self._flows.close()
+            self.reader.close()
+
+    def __enter__(self) -> LabelPropagation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def propagate_video(
+    video: str | Path,
+    labels: str | Path | LabelSet,
+    *,
+    classes_file: str | Path | None = None,
+    config: PropagateConfig | None = None,
+    fill: Filler | None = None,
+    **overrides: Any,
+) -> LabelPropagation:
+    """Carry sparse labels (a mask folder, a CVAT zip or a COCO json) through a video;
+    iterate the result for one ``FrameResult`` per frame.
+
+    ``overrides`` are settings of ``PropagateConfig`` (e.g. ``max_gap=30``); ``fill``: a
+    function that segments a frame no labelled frame reaches (see ``model_filler``).
+    """
+    from ovseg_cli.config_io import from_mapping, to_dict
+
+    cfg = config or PropagateConfig()
+    if overrides:
+        cfg = from_mapping(PropagateConfig, {**to_dict(cfg), **overrides}, source="propagate_video")
+    if not isinstance(labels, LabelSet):
+        labels = read_labels(labels, classes_file, empty_frames=cfg.empty_frames)
+    reader = VideoReader(video)
+    return LabelPropagation(reader, labels, PropagateSettings.from_config(cfg), fill)
