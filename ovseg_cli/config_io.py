@@ -155,10 +155,10 @@ def load_sections(
     data = load_yaml(path) if path is not None else {}
     for key in data:
         if key not in sections:
-            names = ", ".join(f"'{name}:'" for name in sections)
+            names = " and ".join(f"'{name}:'" for name in sections)
             raise OvsegError(
                 f"{path}: unknown section {key!r}" + did_you_mean(str(key), list(sections))
-                + f"; this config has {names} sections"
+                + f"; the file has {names} sections"
             )  # fmt: skip
         if not isinstance(data[key], dict):
             raise OvsegError(f"{path}: section {key!r} must be a mapping of settings")

@@ -2,6 +2,9 @@
 
 It takes the model's and the stream's options from the same definitions as `segment`, so
 ``--keyframe-interval 4`` measures exactly what `segment --keyframe-interval 4` does.
+``--predictions DIR`` scores masks already written (`segment`, `propagate`, another
+annotator) with the same metrics and report, and no model: the model's options are refused,
+a config file's 'segment:' section is left unused.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ EVAL_OPTIONS = (
     "masks",
 )  # fmt: skip
 SECTIONS = {"eval": EvalConfig, "segment": SegmentConfig}  # of an eval --config file
+MODEL_EVAL_OPTIONS = ("size", "unlabelled", "classes_file")  # what --predictions has no use for
 
 
 @friendly_errors
@@ -31,8 +35,20 @@ def eval_command(
     data: Path = typer.Option(
         ..., "--data", "-d", help="Prepared dataset (folder with index.json)."
     ),
+    predictions: Path = typer.Option(
+        None,
+        "--predictions",
+        help="Score masks already written instead of running a model: an `ovseg segment "
+        "--masks` or `ovseg propagate` folder of one video (or its masks/), or a folder with "
+        "one subfolder of masks per video (as `ovseg eval --masks` writes); classes matched "
+        "by name (labelmap.txt or meta.json). Model options do not apply.",
+    ),
     out: str = typer.Option(
-        None, "--out", "-o", help="Report folder.", show_default="<dataset>_eval_<split>"
+        None,
+        "--out",
+        "-o",
+        help="Report folder.",
+        show_default="<dataset>_eval_<split>, or <predictions>_eval_<split>",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report folder."),
     config: Path = typer.Option(
@@ -45,19 +61,24 @@ def eval_command(
     eval_settings: dict[str, Any] | None = None,
     model_settings: dict[str, Any] | None = None,
 ) -> None:
-    """Evaluate on seen, unseen or all classes: mIoU, fwIoU, mAcc, pAcc, VC_n and a report."""
+    """Evaluate on seen, unseen or all classes: mIoU, fwIoU, mAcc, pAcc, VC_n and a report;
+    a model, or with --predictions DIR masks already written (segment, propagate, an
+    annotator's), scored on the dataset's labelled frames."""
     import dataclasses
 
     from ovseg_cli import distributed as dist
-    from ovseg_cli.config_io import from_mapping
+    from ovseg_cli.config_io import from_mapping, load_sections
     from ovseg_cli.evaluation.report import run_eval
 
-    sections = _sections(config)
+    if predictions is not None:  # before the settings are read: a model's have no say
+        _check_predictions_options(model_settings or {}, eval_settings or {})
+    sections = load_sections(config, SECTIONS)
     eval_cfg = from_mapping(EvalConfig, {**sections["eval"], **(eval_settings or {})},
                             source=str(config or "command line"))  # fmt: skip
     seg_cfg = from_mapping(SegmentConfig, {**sections["segment"], **(model_settings or {})},
                            source=str(config or "command line"))  # fmt: skip
-    ctx = dist.setup(seg_cfg.device)  # under torchrun: a share of the videos per rank
+    # under torchrun: a share of the videos per rank (scoring written masks: on the CPU)
+    ctx = dist.setup(seg_cfg.device if predictions is None else "cpu")
     try:
         if ctx.distributed and ctx.device.type == "cuda":  # this rank's own GPU
             seg_cfg = dataclasses.replace(seg_cfg, device=str(ctx.device))
@@ -66,7 +87,7 @@ def eval_command(
         try:
             run = run_eval(
                 data, eval_cfg, seg_cfg, out=out, overwrite=overwrite,
-                inputs=[config] if config is not None else [],
+                inputs=[config] if config is not None else [], predictions=predictions,
                 on_start=progress.start, on_frame=progress.advance, on_status=progress.status,
                 ctx=ctx,
             )  # fmt: skip
@@ -84,22 +105,16 @@ def eval_command(
     )
 
 
-def _sections(config: Path | None) -> dict[str, dict[str, Any]]:
-    """The 'eval' and 'segment' sections of an eval config file (empty without one)."""
-    from ovseg_cli.config_io import load_yaml
-    from ovseg_cli.errors import OvsegError, did_you_mean
+def _check_predictions_options(model: dict[str, Any], evaluation: dict[str, Any]) -> None:
+    """Refuse the options of a model given with --predictions, naming them."""
+    from ovseg_cli.cli.options import flag
+    from ovseg_cli.errors import OvsegError
 
-    data = load_yaml(config) if config is not None else {}
-    for key in data:
-        if key not in SECTIONS:
-            raise OvsegError(
-                f"{config}: unknown section {key!r}"
-                + did_you_mean(str(key), SECTIONS)
-                + "; an eval config has 'eval:' and 'segment:' sections"
-            )
-        if not isinstance(data[key], dict):
-            raise OvsegError(f"{config}: section {key!r} must be a mapping of settings")
-    return {name: dict(data.get(name) or {}) for name in SECTIONS}
+    given = [flag(n) for n in (*MODEL_OPTIONS, *STREAM_OPTIONS) if n in model]
+    given += [flag(n) for n in MODEL_EVAL_OPTIONS if n in evaluation]
+    if given:
+        verb = "does" if len(given) == 1 else "do"
+        raise OvsegError(f"--predictions scores written masks: {', '.join(given)} {verb} not apply")
 
 
 def _pct(x: float | None) -> str:
@@ -133,7 +148,10 @@ def _print_report(report: dict) -> None:
     out.print(summary)
     kinds = report["by_frame_kind"]
     if kinds["propagated"]["frames"]:
-        table = Table(title="keyframes and frames propagated by optical flow")
+        title = "keyframes and frames propagated by optical flow"
+        if report.get("predictions"):
+            title = "keyframes (meta.json's keyframe_indices) and the other frames"
+        table = Table(title=title)
         for col in ("frames", "labelled", "mIoU", "pAcc"):
             table.add_column(col, justify="left" if col == "frames" else "right")
         for kind, k in kinds.items():

@@ -3,7 +3,11 @@
 The folder holds ``report.json`` (the paper's four metrics, per-class IoU and accuracy,
 VC_n, seen/unseen/harmonic mean for ``--split all``, the class split, the model and the
 settings), ``per_class_iou.png`` (a bar chart) and ``examples/`` (frame | prediction |
-ground truth). It is written under a temporary name and renamed when complete. Under
+ground truth). It is written under a temporary name and renamed when complete. With
+``predictions`` (``ovseg eval --predictions DIR``) masks already written are scored instead
+of a model's: report.json has the same keys, ``model``, ``checkpoint`` and ``clip`` null,
+and a ``predictions`` block (the folder, each video's masks and class names, and the
+``unmatched_classes``: predicted class names no dataset class has). Under
 torchrun every rank evaluates its share of the videos (and writes their masks and examples
 into the one folder, which rank 0 made and alone completes).
 """
@@ -22,6 +26,7 @@ from ovseg_cli import distributed as dist
 from ovseg_cli.config import EvalConfig, SegmentConfig
 from ovseg_cli.config_io import to_dict
 from ovseg_cli.errors import OvsegError
+from ovseg_cli.evaluation.predictions import Predictions
 from ovseg_cli.evaluation.protocol import EvalResult
 from ovseg_cli.outputs import OutputFolder, check_destination
 
@@ -38,9 +43,10 @@ def _clean(x: Any) -> Any:
 
 
 def report_dict(
-    result: EvalResult, index: Any, model: Any, cfg: EvalConfig, seg: SegmentConfig
-) -> dict[str, Any]:
-    """The content of report.json."""
+    result: EvalResult, index: Any, model: Any, cfg: EvalConfig, seg: SegmentConfig,
+    predictions: Predictions | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The content of report.json (of a model's masks, or with ``predictions`` of those)."""
     m = result.metrics
     seen = set(index.seen)
     per_class = [
@@ -48,7 +54,7 @@ def report_dict(
          "seen": c in seen}
         for i, (c, n) in enumerate(zip(result.classes, result.names, strict=True))
     ]  # fmt: skip
-    report = {
+    report: dict[str, Any] = {
         "ovseg_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset": str(index.path),
@@ -70,11 +76,19 @@ def report_dict(
         "labelled_frames": result.labelled,
         "seconds": round(result.seconds, 3),
         "fps": round(result.fps, 3),
-        "model": model.describe(),
-        "checkpoint": seg.checkpoint,
-        "clip": {"arch": model.clip.arch, "pretrained": model.clip.pretrained},
-        "config": {"eval": to_dict(cfg), "model": to_dict(seg)},
+        "model": None,  # with predictions: no model (see "predictions")
+        "checkpoint": None,
+        "clip": None,
+        "config": {"eval": to_dict(cfg), "model": None},
     }
+    if model is not None:
+        report["model"] = model.describe()
+        report["checkpoint"] = seg.checkpoint
+        report["clip"] = {"arch": model.clip.arch, "pretrained": model.clip.pretrained}
+        report["config"]["model"] = to_dict(seg)
+    if predictions is not None:
+        report["predictions"] = predictions.describe()
+        report["config"]["predictions"] = str(predictions.path)
     report.update(result.subsets)
     return _clean(report)
 
@@ -126,22 +140,44 @@ def run_eval(
     overwrite: bool = False,
     inputs: Sequence[str | Path] = (),
     model: Any = None,
+    predictions: str | Path | None = None,
     on_start: Callable[[int], None] | None = None,
     on_status: Callable[[str], None] | None = None,
     on_frame: Callable[[], None] | None = None,
     ctx: dist.DistContext | None = None,
 ) -> EvalRun:
     """Evaluate and write the report folder (``inputs``: more files the run reads; ``ctx``:
-    this process's place in a torchrun job, whose rank 0 writes the folder)."""
+    this process's place in a torchrun job, whose rank 0 writes the folder).
+
+    ``predictions``: a folder of masks already written (see ``predictions``), scored
+    instead of a model's; ``seg`` and ``model`` are then unused.
+    """
     ctx = ctx or dist.DistContext()
-    from ovseg_cli.datasets.index import load_index
-    from ovseg_cli.evaluation.protocol import check_eval_inputs
+    from ovseg_cli.datasets.index import check_files, load_index
+    from ovseg_cli.evaluation.protocol import check_eval_inputs, eval_selection
 
     index = load_index(data)
-    check_eval_inputs(index, cfg)  # a bad classes file, say, fails before the model loads
-    final = Path.cwd() / f"{index.root.name}_eval_{cfg.split}" if out is None else out
+    found = None
+    if predictions is not None:
+        from ovseg_cli.evaluation.predictions import find_predictions
+
+        if cfg.masks:
+            raise OvsegError(
+                "--masks saves a model's masks; --predictions scores masks already written"
+            )
+        classes, videos = eval_selection(index, cfg)
+        found = find_predictions(predictions, index, videos, classes)  # every check first
+        check_files(index, [vp.video for vp in found.videos])
+        name = found.name
+        model = None
+    else:
+        check_eval_inputs(index, cfg)  # a bad classes file, say, fails before the model loads
+        name = index.root.name
+    final = Path.cwd() / f"{name}_eval_{cfg.split}" if out is None else out
     inputs = [index.root, index.source_root or None, cfg.classes_file, *inputs]
-    if seg.checkpoint:
+    if found is not None:
+        inputs.append(found.path)
+    elif seg.checkpoint:
         from ovseg_cli.model.checkpoint import checkpoint_paths
 
         inputs.extend(checkpoint_paths(seg.checkpoint))
@@ -159,18 +195,13 @@ def run_eval(
             raise failure
         if path is None:
             raise OvsegError("rank 0 could not make the report folder (see its error)")
-        from ovseg_cli.evaluation.protocol import evaluate
-        from ovseg_cli.runtime import export_listener
-        from ovseg_cli.segment.loading import load_model
-
-        with export_listener(on_status or (lambda message: None)):  # an ONNX export says so
-            model = model or load_model(seg)
-        if on_start is not None:
-            videos = [v for v in index.videos_in(cfg.data_split)[: cfg.limit_videos] if v.labelled]
-            count = (lambda v: len(v.frames)) if cfg.unlabelled else (lambda v: len(v.labelled))
-            on_start(sum(count(v) for v in videos[ctx.rank :: ctx.world]))
-        result = evaluate(model, index, cfg, seg, on_frame=on_frame, out_dir=path, ctx=ctx)
-        report = report_dict(result, index, model, cfg, seg)
+        if found is not None:
+            result = _score_predictions(found, index, cfg, path, on_start, on_frame, ctx)
+        else:
+            model, result = _score_model(
+                model, index, cfg, seg, path, on_start, on_status, on_frame, ctx
+            )
+        report = report_dict(result, index, model, cfg, seg, found)
         if folder is None:
             return EvalRun(final, report, result)  # rank 0 writes the report
         folder.write_json("report.json", report)
@@ -180,3 +211,35 @@ def run_eval(
         if folder is not None:
             folder.discard()
         raise
+
+
+def _score_model(
+    model: Any, index: Any, cfg: EvalConfig, seg: SegmentConfig, path: Path,
+    on_start: Callable[[int], None] | None, on_status: Callable[[str], None] | None,
+    on_frame: Callable[[], None] | None, ctx: dist.DistContext,
+) -> tuple[Any, EvalResult]:  # fmt: skip
+    """Load the model (unless given) and evaluate it: (the model, the result)."""
+    from ovseg_cli.evaluation.protocol import evaluate
+    from ovseg_cli.runtime import export_listener
+    from ovseg_cli.segment.loading import load_model
+
+    with export_listener(on_status or (lambda message: None)):  # an ONNX export says so
+        model = model or load_model(seg)
+    if on_start is not None:
+        videos = [v for v in index.videos_in(cfg.data_split)[: cfg.limit_videos] if v.labelled]
+        count = (lambda v: len(v.frames)) if cfg.unlabelled else (lambda v: len(v.labelled))
+        on_start(sum(count(v) for v in videos[ctx.rank :: ctx.world]))
+    return model, evaluate(model, index, cfg, seg, on_frame=on_frame, out_dir=path, ctx=ctx)
+
+
+def _score_predictions(
+    found: Predictions, index: Any, cfg: EvalConfig, path: Path,
+    on_start: Callable[[int], None] | None, on_frame: Callable[[], None] | None,
+    ctx: dist.DistContext,
+) -> EvalResult:  # fmt: skip
+    """Score the masks found: their labelled frames, this rank's share of the videos."""
+    from ovseg_cli.evaluation.protocol import evaluate_predictions
+
+    if on_start is not None:
+        on_start(sum(len(vp.video.labelled) for vp in found.videos[ctx.rank :: ctx.world]))
+    return evaluate_predictions(found, index, cfg, on_frame=on_frame, out_dir=path, ctx=ctx)
