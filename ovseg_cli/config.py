@@ -274,7 +274,11 @@ class PropagateConfig:
         "needs CLIP weights, see segment's model options).",
         choices=FILLS,
     )
-    flow_preset: str = _as_in(SegmentConfig, "flow_preset")
+    flow_preset: str = setting(
+        "ultrafast",
+        "DIS optical-flow preset (refined one pyramid level finer than the preset's own).",
+        choices=("ultrafast", "fast", "medium"),
+    )
     flow_size: int | None = setting(
         None,
         "Short side in pixels at which optical flow is computed (none: the frame's own).",

@@ -14,9 +14,12 @@ unchanged, bit for bit. Every other frame takes its labels from the anchors of i
   unlabelled, unless a model fills it in (``fill``);
 - no farther than ``max_gap`` frames from an anchor, when that is set.
 
-The flows are computed at the working resolution (``flow_size``) and the label maps are
-warped at their own, full resolution (nearest neighbour: class indices are never mixed,
-and unlabelled pixels, 255, stay unlabelled where they land).
+A frame's coordinates in an anchor come from the flows between consecutive frames,
+chained (``warping``: what measured best), computed at the working resolution
+(``flow_size``, the frame's own by default) on a pool of threads as the frames are read;
+the label maps are warped at their own, full resolution, softly (the argmax of the
+blended bilinear one-hot maps), and unlabelled pixels (255) are carried like a class, so
+they stay unlabelled where they land.
 
 Memory: a frame that will take labels from the *next* anchor is held until that anchor
 is read, so at most one gap between anchors (or ``max_gap`` frames) is held; the largest
@@ -38,7 +41,17 @@ from ovseg_cli.classes import UNLABELLED
 from ovseg_cli.config import PropagateConfig, default_of
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.propagate.labels import LabelSet, read_labels
-from ovseg_cli.segment.propagation import FlowPool, flow_threads, propagate_labels
+from ovseg_cli.propagate.warping import (
+    FINEST_SCALE,
+    AnchorLabels,
+    at_size,
+    compose,
+    fuse,
+    prev_weight,
+    side_weight,
+    to_map,
+)
+from ovseg_cli.segment.propagation import FlowPool, flow_threads
 from ovseg_cli.segment.shots import ShotDetector
 from ovseg_cli.segment.stream import FrameResult, FrameSource
 from ovseg_cli.threads import Prefetcher
@@ -72,13 +85,18 @@ class PropagateSettings:
 
     def describe(self) -> dict[str, Any]:
         """The settings for meta.json."""
+        flow = dict(
+            method="DIS (OpenCV)", preset=self.flow_preset, size=self.flow_size,
+            finest_scale=FINEST_SCALE, chained="consecutive frames",
+        )  # fmt: skip
         return {
-            "method": "label maps warped by optical flow from the labelled frames (nearest "
-            "neighbour, at the labels' resolution); two sides blended per pixel by temporal "
-            "distance and warp error",
+            "method": "label maps carried from the labelled frames along chained flows of "
+            "consecutive frames, warped softly at the labels' resolution (argmax of the "
+            "bilinear one-hot maps); two sides blended per pixel by temporal distance and "
+            "warp error",
             "bidirectional": self.bidirectional,
             "max_gap": self.max_gap,
-            "flow": {"method": "DIS (OpenCV)", "preset": self.flow_preset, "size": self.flow_size},
+            "flow": flow,
         }
 
 
@@ -90,6 +108,9 @@ class _Anchor:
     grey: np.ndarray  # at the flow's working resolution
     mask: np.ndarray  # (H, W) uint8 at the frame's resolution
 
+    def __post_init__(self) -> None:
+        self.labels = AnchorLabels(self.mask)  # prepared once for every frame that uses it
+
 
 @dataclass
 class _Held:
@@ -99,9 +120,10 @@ class _Held:
     grey: np.ndarray
     cut: bool
     prev: _Anchor | None = None
-    prev_flow: Any = None  # Flow, or its Future on the pool
+    back: Any = None  # with prev: the flow field to the frame before (or its Future)
+    ahead: Any = None  # waiting: the flow field to the frame after, once that is read
     next: _Anchor | None = None
-    next_flow: Any = None
+    next_coords: np.ndarray | None = None  # waiting: where each pixel is in the next anchor
     wait: bool = False  # takes labels from the next anchor, not read yet
 
 
@@ -137,7 +159,10 @@ class LabelPropagation:
         except BaseException:
             source.close()
             raise
-        self._flows = FlowPool(settings.flow_preset, settings.flow_size, flow_threads())
+        self._flows = FlowPool(
+            settings.flow_preset, settings.flow_size, flow_threads(), FINEST_SCALE
+        )
+        self._chain: tuple[int, int, np.ndarray] | None = None  # (anchor, frame, its map)
         self._frames = Prefetcher(self._read(), depth=4, name="ovseg-propagate-reader")
         self._results = self._run()
 
@@ -166,9 +191,9 @@ class LabelPropagation:
         if self.settings.max_gap is not None:
             held = min(held, self.settings.max_gap)
         side = min(self.settings.flow_size or min(h, w), h, w)
-        grey = side * side * 16 // 9
+        grey = side * side * 16 // 9  # and a map of coordinates (8 bytes a pixel) each
         check_fits(
-            (held + 8) * (h * w * 3 + grey),
+            (held + 8) * (h * w * 3 + 9 * grey),
             available_host_bytes(),
             f"holding up to {held} frames of {w}x{h} between labelled frames",
             "label frames closer together, or pass --max-gap N or --no-bidirectional",
@@ -196,24 +221,29 @@ class LabelPropagation:
         settings = self.settings
         held: deque[_Held] = deque()
         prev: _Anchor | None = None
+        last: tuple[int, np.ndarray] | None = None  # the frame before, in this shot: its grey
         seen = -1
         for frame, grey, cut in self._frames:
             seen = frame.index
             if cut:
                 self.counts.cuts.append(frame.index)
                 yield from self._release(held, None)  # nothing crosses a cut
-                prev = None
+                prev = last = None
+            if held and held[-1].wait:  # the chain towards the next anchor grows by a link
+                held[-1].ahead = self._flows.submit_field(held[-1].grey, grey)
             if frame.index in self._wanted:
                 anchor = _Anchor(frame.index, grey, self.labels.mask(frame.index))
                 yield from self._release(held, anchor)
-                prev = anchor
+                prev, last = anchor, (frame.index, grey)
                 self.counts.labelled.append(frame.index)
                 yield self._result(frame, anchor.mask, True, cut)
                 continue
             item = _Held(frame, grey, cut)
             if prev is not None and settings.reaches(frame.index - prev.index):
+                assert last is not None and last[0] == frame.index - 1
                 item.prev = prev
-                item.prev_flow = self._flows.submit(grey, prev.grey)
+                item.back = self._flows.submit_field(grey, last[1])
+            last = (frame.index, grey)
             upcoming = self._next_labelled(frame.index)
             item.wait = (
                 upcoming is not None
@@ -243,29 +273,63 @@ class LabelPropagation:
         return _Anchor(frame.index, grey, self.fill(frame.rgb, cut))
 
     def _release(self, held: deque[_Held], anchor: _Anchor | None) -> Iterator[FrameResult]:
-        """The held frames, now that the next anchor (or a cut, or the end: None) is here."""
+        """The held frames, now that the next anchor (or a cut, or the end: None) is here.
+
+        The waiting frames are the last ones held, consecutive up to the anchor: their maps
+        into it are chained from the anchor backwards."""
         if anchor is not None:
-            for item in held:
-                if item.wait:
-                    item.next = anchor
-                    item.next_flow = self._flows.submit(item.grey, anchor.grey)
+            coords = None
+            for item in reversed(held):
+                if not item.wait:
+                    break
+                field = FlowPool.resolve(item.ahead)
+                coords = to_map(field) if coords is None else compose(coords, field)
+                item.next, item.next_coords = anchor, coords
         while held:
             yield self._resolve(held.popleft())
+
+    def _prev_coords(self, item: _Held) -> np.ndarray:
+        """Where each pixel of the frame is in its previous anchor: the map of the frame
+        before (resolved just before this one, in order) and the flow between the two."""
+        assert item.prev is not None
+        field = FlowPool.resolve(item.back)
+        index, anchor = item.frame.index, item.prev.index
+        chain = self._chain
+        if chain is not None and chain[:2] == (anchor, index - 1):
+            coords = compose(chain[2], field)
+        else:  # the first frame after the anchor
+            coords = to_map(field)
+        self._chain = (anchor, index, coords)
+        return coords
 
     def _resolve(self, item: _Held) -> FrameResult:
         """One non-anchor frame's labels from the anchors it has."""
         frame = item.frame
-        prev_flow, next_flow = FlowPool.resolve(item.prev_flow), FlowPool.resolve(item.next_flow)
-        if item.prev is not None and item.next is not None:
-            t = (frame.index - item.prev.index) / (item.next.index - item.prev.index)
-            mask = propagate_labels(item.prev.mask, prev_flow, item.next.mask, next_flow, t)
-        elif item.prev is not None:
-            mask = propagate_labels(item.prev.mask, prev_flow)
-        elif item.next is not None:
-            mask = propagate_labels(item.next.mask, next_flow)
+        height, width = frame.rgb.shape[:2]
+        prev, nxt = item.prev, item.next
+        prev_coords = self._prev_coords(item) if prev is not None else None
+        if prev is not None and nxt is not None:
+            assert prev_coords is not None and item.next_coords is not None
+            t = (frame.index - prev.index) / (nxt.index - prev.index)
+            weight = prev_weight(
+                side_weight(item.grey, prev.grey, prev_coords, 1 - t),
+                side_weight(item.grey, nxt.grey, item.next_coords, t),
+                height, width,
+            )  # fmt: skip
+            mask = fuse(
+                prev.labels, at_size(prev_coords, height, width),
+                nxt.labels, at_size(item.next_coords, height, width), weight,
+            )  # fmt: skip
+        elif prev is not None:
+            assert prev_coords is not None
+            mask = fuse(prev.labels, at_size(prev_coords, height, width))
+        elif nxt is not None:
+            assert item.next_coords is not None
+            mask = fuse(nxt.labels, at_size(item.next_coords, height, width))
         else:
             self.counts.unlabelled += 1
-            mask = np.full(frame.rgb.shape[:2], UNLABELLED, np.uint8)
+            mask = np.full((height, width), UNLABELLED, np.uint8)
+        item.grey = item.next_coords = None  # type: ignore[assignment]  # held no longer
         return self._result(frame, mask, False, item.cut)
 
     @staticmethod

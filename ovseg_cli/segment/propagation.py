@@ -146,14 +146,27 @@ def _pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class FlowEstimator:
-    """DIS optical flow at a reduced working resolution; not thread-safe (one per thread)."""
+    """DIS optical flow at a reduced working resolution; not thread-safe (one per thread).
 
-    def __init__(self, preset: str = "fast", size: int | None = 240) -> None:
+    ``finest_scale``: the finest pyramid level DIS refines to (its presets stop at 2, a
+    quarter of the resolution; 1 is twice as fine and about twice as dear).
+    """
+
+    def __init__(
+        self, preset: str = "fast", size: int | None = 240, finest_scale: int | None = None
+    ) -> None:
         if preset not in FLOW_PRESETS:
             raise ValueError(f"unknown DIS preset {preset!r}; known: {', '.join(FLOW_PRESETS)}")
         self.preset = preset
         self.size = size
+        self.finest_scale = finest_scale
         self._dis = cv2.DISOpticalFlow_create(FLOW_PRESETS[preset])
+        if finest_scale is not None:
+            self._dis.setFinestScale(finest_scale)
+
+    def field(self, frame: np.ndarray, keyframe: np.ndarray) -> np.ndarray:
+        """(h, w, 2) float32 flow from ``frame`` to ``keyframe`` (grey images from ``grey``)."""
+        return self._dis.calc(frame, keyframe, None)
 
     def grey(self, rgb: np.ndarray) -> np.ndarray:
         """An (H, W, 3) uint8 RGB frame as a grey image at the working resolution."""
@@ -165,7 +178,7 @@ class FlowEstimator:
 
     def __call__(self, frame: np.ndarray, keyframe: np.ndarray) -> Flow:
         """Flow from ``frame`` to ``keyframe`` (grey images from ``grey``) and its warp error."""
-        field = self._dis.calc(frame, keyframe, None)
+        field = self.field(frame, keyframe)
         xs, ys = _pixel_grid(*frame.shape)
         warped = cv2.remap(
             keyframe, xs + field[..., 0], ys + field[..., 1], cv2.INTER_LINEAR,
@@ -185,19 +198,31 @@ class FlowPool:
     (no thread then). ``resolve`` turns either into the ``Flow``.
     """
 
-    def __init__(self, preset: str = "fast", size: int | None = 240, workers: int = 1) -> None:
-        self.estimator = FlowEstimator(preset, size)  # the caller's thread: grey images
-        self._preset, self._size = preset, size
+    def __init__(
+        self,
+        preset: str = "fast",
+        size: int | None = 240,
+        workers: int = 1,
+        finest_scale: int | None = None,
+    ) -> None:
+        self.estimator = FlowEstimator(preset, size, finest_scale)  # the caller's thread
+        self._settings = (preset, size, finest_scale)
         self._local = threading.local()
         self._pool = (
             ThreadPoolExecutor(workers, thread_name_prefix="ovseg-flow") if workers > 1 else None
         )
 
-    def _flow(self, frame: np.ndarray, keyframe: np.ndarray) -> Flow:
+    def _estimator(self) -> FlowEstimator:
         estimator = getattr(self._local, "estimator", None)
         if estimator is None:  # DIS is not thread-safe: one per thread
-            estimator = self._local.estimator = FlowEstimator(self._preset, self._size)
-        return estimator(frame, keyframe)
+            estimator = self._local.estimator = FlowEstimator(*self._settings)
+        return estimator
+
+    def _flow(self, frame: np.ndarray, keyframe: np.ndarray) -> Flow:
+        return self._estimator()(frame, keyframe)
+
+    def _field(self, frame: np.ndarray, keyframe: np.ndarray) -> np.ndarray:
+        return self._estimator().field(frame, keyframe)
 
     def submit(self, frame: np.ndarray, keyframe: np.ndarray) -> Flow | Future[Flow]:
         """The flow from ``frame`` to ``keyframe`` (grey images), or its future."""
@@ -205,9 +230,17 @@ class FlowPool:
             return self.estimator(frame, keyframe)
         return self._pool.submit(self._flow, frame, keyframe)
 
+    def submit_field(
+        self, frame: np.ndarray, keyframe: np.ndarray
+    ) -> np.ndarray | Future[np.ndarray]:
+        """The flow field alone (no warp error), or its future; ``resolve`` gives it."""
+        if self._pool is None:
+            return self.estimator.field(frame, keyframe)
+        return self._pool.submit(self._field, frame, keyframe)
+
     @staticmethod
-    def resolve(flow: Flow | Future[Flow] | None) -> Flow | None:
-        """The flow a ``submit`` gave, waiting for it if it is still being computed."""
+    def resolve(flow: Any) -> Any:
+        """The flow (or field) a ``submit`` gave, waiting for it if it is still being computed."""
         return flow.result() if isinstance(flow, Future) else flow
 
     def close(self) -> None:
