@@ -259,4 +259,6 @@ def test_memory_stays_flat_over_a_long_clip(tmp_path: Path, tiny_weights: Path) 
                 peaks[frames] = tracemalloc.get_traced_memory()[1]
             finally:
                 tracemalloc.stop()
-    assert peaks[160] < peaks[40] + 4 * 192 * 128 * 3, peaks
+    # the frames in flight vary with thread timing (a dozen at most, in the bounded queues);
+    # holding the 120 frames more would add ten times that
+    assert peaks[160] < peaks[40] + 12 * 192 * 128 * 3, peaks
