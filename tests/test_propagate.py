@@ -57,9 +57,10 @@ def write_video(path: Path, frames: list[np.ndarray], rate: int = 15) -> Path:
     return path
 
 
-def write_labels(folder: Path, masks: dict[int, np.ndarray], names=NAMES, colors=COLORS) -> Path:
+def write_labels(folder: Path, masks: dict[int, np.ndarray], names=NAMES, colors=None) -> Path:
     """A mask folder as a person would give it: frame_NNNNNN.png indices and labelmap.txt."""
     folder.mkdir(parents=True, exist_ok=True)
+    colors = colors or COLORS[: len(names)]
     lines = [f"{n}:{c[0]},{c[1]},{c[2]}::" for n, c in zip(names, colors, strict=True)]
     (folder / "labelmap.txt").write_text("\n".join(lines) + "\n")
     for i, mask in masks.items():
@@ -236,6 +237,22 @@ def test_fill_model_segments_the_frames_no_label_reaches(clip, tiny_model, tmp_p
     assert all(r.is_keyframe == (r.index % 5 == 0) for r in results)
 
 
+def test_fill_model_takes_over_where_the_labels_mispredict_the_frame(tiny_model, tmp_path):
+    """Without cut detection the first shot's labels would be warped onto the second: the
+    warp mispredicts those frames, so the model segments them instead."""
+    from ovseg_cli import propagate_video
+    from ovseg_cli.propagate.run import label_prompts, model_filler
+
+    video = joined_clips(tmp_path / "joined.mp4", first=10, second=10)
+    labels = write_labels(tmp_path / "labels", {0: np.ones((64, 96), np.uint8)}, ["a", "b"])
+    fill = model_filler(tiny_model, label_prompts(["a", "b"], None), 64)
+    stream = propagate_video(video, labels, shot_threshold=0, fill=fill)
+    results = list(stream)
+    assert stream.describe()["model_filled_frames"] == list(range(10, 20))
+    assert all((r.mask == 1).all() for r in results[:10])
+    assert all(r.is_keyframe for r in results[10:])
+
+
 def test_fill_model_from_the_command_line(clip, tiny_weights, tmp_path):
     video, truth = clip
     labels = write_labels(tmp_path / "labels", {0: truth[0]})
@@ -259,7 +276,9 @@ def test_fill_model_from_the_command_line(clip, tiny_weights, tmp_path):
         ("past_end", "frame 40 is labelled, but shapes.mov has 33 frames"),
         ("model_option", "--clip: model options apply only with --fill model"),
         ("nothing", "nothing to write"),
-        ("no_labels", "no"),
+        ("no_labels", "no masks in it"),
+        ("all_empty", "none of its 1 masks has a labelled pixel"),
+        ("unknown_colour", "#0b0c0d"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(clip, tmp_path, case, expected):
@@ -278,6 +297,12 @@ def test_bad_input_is_one_line_and_writes_nothing(clip, tmp_path, case, expected
     if case == "no_labels":
         for p in labels.glob("*.png"):
             p.unlink()
+    elif case == "all_empty":
+        Image.fromarray(np.full((H, W), 255, np.uint8), "L").save(labels / "frame_000000.png")
+    elif case == "unknown_colour":
+        rgb = np.array(COLORS, np.uint8)[truth[0]]
+        rgb[5:9, 5:9] = (11, 12, 13)
+        Image.fromarray(rgb).save(labels / "frame_000000.png")
     out = tmp_path / "out"
     res = CliRunner().invoke(
         app, ["propagate", str(video), "--labels", str(labels), "--out", str(out), *extra]

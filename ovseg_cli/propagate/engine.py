@@ -51,7 +51,7 @@ from ovseg_cli.propagate.warping import (
     side_weight,
     to_map,
 )
-from ovseg_cli.segment.propagation import FlowPool, flow_threads
+from ovseg_cli.segment.propagation import CUT_SHARE, FlowPool, flow_threads
 from ovseg_cli.segment.shots import ShotDetector
 from ovseg_cli.segment.stream import FrameResult, FrameSource
 from ovseg_cli.threads import Prefetcher
@@ -303,33 +303,38 @@ class LabelPropagation:
         return coords
 
     def _resolve(self, item: _Held) -> FrameResult:
-        """One non-anchor frame's labels from the anchors it has."""
+        """One non-anchor frame's labels from the anchors it has; with a model, the model's
+        where every anchor it has mispredicts the frame (another scene, a flow failure)."""
         frame = item.frame
         height, width = frame.rgb.shape[:2]
         prev, nxt = item.prev, item.next
         prev_coords = self._prev_coords(item) if prev is not None else None
-        if prev is not None and nxt is not None:
-            assert prev_coords is not None and item.next_coords is not None
-            t = (frame.index - prev.index) / (nxt.index - prev.index)
-            weight = prev_weight(
-                side_weight(item.grey, prev.grey, prev_coords, 1 - t),
-                side_weight(item.grey, nxt.grey, item.next_coords, t),
-                height, width,
-            )  # fmt: skip
-            mask = fuse(
-                prev.labels, at_size(prev_coords, height, width),
-                nxt.labels, at_size(item.next_coords, height, width), weight,
-            )  # fmt: skip
-        elif prev is not None:
-            assert prev_coords is not None
-            mask = fuse(prev.labels, at_size(prev_coords, height, width))
-        elif nxt is not None:
-            assert item.next_coords is not None
-            mask = fuse(nxt.labels, at_size(item.next_coords, height, width))
-        else:
+        # (anchor, map into it, its place in time: 0 before the frame, 1 after)
+        sides = [(a, c, w) for a, c, w in ((prev, prev_coords, 0.0), (nxt, item.next_coords, 1.0))
+                 if a is not None and c is not None]  # fmt: skip
+        grey = item.grey
+        if not sides:
             self.counts.unlabelled += 1
-            mask = np.full((height, width), UNLABELLED, np.uint8)
-        item.grey = item.next_coords = None  # type: ignore[assignment]  # held no longer
+            return self._result(
+                frame, np.full((height, width), UNLABELLED, np.uint8), False, item.cut
+            )
+        if len(sides) == 2:
+            assert prev is not None and nxt is not None
+            t = (frame.index - prev.index) / (nxt.index - prev.index)
+            scores = [side_weight(grey, a.grey, c, 1 - abs(w - t)) for a, c, w in sides]
+        elif self.fill is not None:  # one side: its error matters only to a model
+            scores = [side_weight(grey, sides[0][0].grey, sides[0][1], 1.0)]
+        else:
+            scores = []
+        if self.fill is not None and all(bad > CUT_SHARE for _, bad in scores):
+            self.counts.filled.append(frame.index)
+            return self._result(frame, self.fill(frame.rgb, item.cut), True, item.cut)
+        full = [(a.labels, at_size(c, height, width)) for a, c, _ in sides]
+        if len(sides) == 2:
+            weight = prev_weight(scores[0], scores[1], height, width)
+            mask = fuse(*full[0], *full[1], weight)
+        else:
+            mask = fuse(*full[0])
         return self._result(frame, mask, False, item.cut)
 
     @staticmethod
