@@ -51,10 +51,10 @@ from ovseg_cli.propagate.warping import (
     side_weight,
     to_map,
 )
-from ovseg_cli.segment.propagation import CUT_SHARE, FlowPool, flow_threads
+from ovseg_cli.segment.propagation import CUT_SHARE, MAX_FLOW_THREADS, FlowPool
 from ovseg_cli.segment.shots import ShotDetector
 from ovseg_cli.segment.stream import FrameResult, FrameSource
-from ovseg_cli.threads import Prefetcher
+from ovseg_cli.threads import Prefetcher, usable_cores
 from ovseg_cli.video.reader import DecodedFrame, VideoReader
 
 # A model that fills frames no anchor reaches: (RGB frame, shot_start) -> (H, W) uint8 mask
@@ -159,9 +159,9 @@ class LabelPropagation:
         except BaseException:
             source.close()
             raise
-        self._flows = FlowPool(
-            settings.flow_preset, settings.flow_size, flow_threads(), FINEST_SCALE
-        )
+        # no model here: the flows may have the core keyframe mode keeps for it
+        workers = min(MAX_FLOW_THREADS, usable_cores())
+        self._flows = FlowPool(settings.flow_preset, settings.flow_size, workers, FINEST_SCALE)
         self._chain: tuple[int, int, np.ndarray] | None = None  # (anchor, frame, its map)
         self._frames = Prefetcher(self._read(), depth=4, name="ovseg-propagate-reader")
         self._results = self._run()
