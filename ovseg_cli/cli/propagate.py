@@ -85,7 +85,7 @@ def propagate_command(
     empty = f", {p['unlabelled_frames']} unreached" if p["unlabelled_frames"] else ""
     done(
         f"{run.frames} frames ({p['labelled_frames']} labelled{filled}{empty}) in "
-        f"{run.seconds:.1f} s ({run.fps:.2f} fps) -> {run.out_dir} "
+        f"{run.segment_seconds:.1f} s ({run.fps:.2f} fps) -> {run.out_dir} "
         f"({', '.join([*written, 'meta.json'])})",
         quiet,
     )

@@ -53,7 +53,7 @@ from ovseg_cli.propagate.warping import (
 )
 from ovseg_cli.segment.propagation import CUT_SHARE, MAX_FLOW_THREADS, FlowPool
 from ovseg_cli.segment.shots import ShotDetector
-from ovseg_cli.segment.stream import FrameResult, FrameSource
+from ovseg_cli.segment.stream import FrameResult, FrameSource, ResultStream
 from ovseg_cli.threads import Prefetcher, usable_cores
 from ovseg_cli.video.reader import DecodedFrame, VideoReader
 
@@ -135,7 +135,7 @@ class _Counts:
     cuts: list[int] = field(default_factory=list)
 
 
-class LabelPropagation:
+class LabelPropagation(ResultStream):
     """An iterator of ``FrameResult`` over one video, from a ``LabelSet``."""
 
     def __init__(
@@ -356,45 +356,18 @@ class LabelPropagation:
             "keyframe_indices": sorted([*c.labelled, *c.filled]),
         }
 
-    def describe_shots(self) -> dict[str, Any]:
-        """Cut detection settings and the frames where a new shot started, for meta.json."""
-        return {
-            "method": "mean HSV difference of consecutive 64x36 thumbnails (ovseg_cli.segment.shots)",
-            "threshold": self.settings.shot_threshold or None,
-            "cuts": list(self.counts.cuts),
-        }
+    @property
+    def shot_threshold(self) -> float:
+        """The cut detection threshold (0: none)."""
+        return self.settings.shot_threshold
 
     @property
-    def skipped(self) -> int:
-        """Frames that could not be decoded and were skipped."""
-        return self.reader.skipped
+    def cuts(self) -> list[int]:
+        """Indices of the frames that started a new shot."""
+        return self.counts.cuts
 
-    def __iter__(self) -> Iterator[FrameResult]:
-        return self
-
-    def __next__(self) -> FrameResult:
-        if self._closed:
-            raise StopIteration
-        try:
-            return next(self._results)
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        """Stop decoding and release the files."""
-        if not self._closed:
-            self._closed = True
-            self._results.close()
-            self._frames.close()
-            self._flows.close()
-            self.reader.close()
-
-    def __enter__(self) -> LabelPropagation:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _close_more(self) -> None:
+        self._flows.close()
 
 
 def propagate_video(

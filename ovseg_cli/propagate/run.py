@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,28 +21,14 @@ from ovseg_cli.config import PropagateConfig, SegmentConfig
 from ovseg_cli.config_io import to_dict
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.outputs import OutputFolder, check_destination
-from ovseg_cli.segment.run import MASK_FORMAT, input_meta, run_inputs
+from ovseg_cli.segment.run import MASK_FORMAT, SegmentRun, input_meta, run_inputs
+from ovseg_cli.segment.run import default_out_dir as segment_out_dir
 from ovseg_cli.video.reader import VideoInfo, VideoReader
-
-
-@dataclass
-class PropagateRun:
-    """What a finished run wrote and how long it took."""
-
-    out_dir: Path
-    frames: int
-    seconds: float
-    meta: dict[str, Any]
-
-    @property
-    def fps(self) -> float:
-        """Frames per second of the propagation loop (model loading excluded)."""
-        return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
 def default_out_dir(video: str | Path) -> Path:
     """``<video stem>_propagated`` in the current directory."""
-    return Path.cwd() / f"{Path(video).stem}_propagated"
+    return segment_out_dir(video, "propagated")
 
 
 def label_prompts(names: Sequence[str], classes_file: str | Path | None) -> list[ClassSpec]:
@@ -91,9 +76,10 @@ def run_propagate(
     on_start: Callable[[VideoInfo, int | None], None] | None = None,
     on_status: Callable[[str], None] | None = None,
     on_frame: Callable[[Any], None] | None = None,
-) -> PropagateRun:
+) -> SegmentRun:
     """Propagate ``labels`` through ``video`` and write the output folder; nothing is left
-    behind on failure. ``model_config``: the model that ``--fill model`` runs."""
+    behind on failure. ``model_config``: the model that ``--fill model`` runs. The result's
+    ``segment_seconds`` is the propagation loop's time."""
     from ovseg_cli.propagate.engine import LabelPropagation, PropagateSettings
     from ovseg_cli.propagate.labels import read_labels
 
@@ -128,7 +114,7 @@ def run_propagate(
                 model = model or load_model(seg)
             propagation.fill = model_filler(model, label_prompts(names, classes_file), seg.size)
         load_seconds = time.perf_counter() - t0
-        from ovseg_cli.segment.writing import ResultWriter
+        from ovseg_cli.segment.writing import ResultWriter, complete
 
         sink = ResultWriter(
             folder.path, video, info, names, colors, overlay=config.overlay,
@@ -175,12 +161,8 @@ def run_propagate(
             },
             "config": {"propagate": to_dict(config), "segment": to_dict(seg)},
         }
-        folder.write_json("meta.json", meta)
-        import yaml
-
-        folder.write_text("config.yaml", yaml.safe_dump(meta["config"], sort_keys=False))
-        out_dir = folder.commit()
-        return PropagateRun(out_dir, frames, seconds, meta)
+        out_dir = complete(folder, meta, meta["config"])
+        return SegmentRun(out_dir, frames, propagation.skipped, load_seconds, seconds, meta)
     except BaseException:
         if sink is not None:
             sink.abort()

@@ -24,7 +24,7 @@ from ovseg_cli.config import SegmentConfig
 from ovseg_cli.config_io import to_dict
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.outputs import OutputFolder, check_destination
-from ovseg_cli.segment.writing import MASK_FORMAT, ResultWriter
+from ovseg_cli.segment.writing import MASK_FORMAT, ResultWriter, complete
 from ovseg_cli.video.reader import VideoInfo, VideoReader
 
 if TYPE_CHECKING:
@@ -48,9 +48,9 @@ class SegmentRun:
         return self.frames / self.segment_seconds if self.segment_seconds > 0 else 0.0
 
 
-def default_out_dir(video: str | Path) -> Path:
-    """``<video stem>_ovseg`` in the current directory."""
-    return Path.cwd() / f"{Path(video).stem}_ovseg"
+def default_out_dir(video: str | Path, suffix: str = "ovseg") -> Path:
+    """``<video stem>_<suffix>`` in the current directory."""
+    return Path.cwd() / f"{Path(video).stem}_{suffix}"
 
 
 def _fraction(value: Any) -> str:
@@ -212,11 +212,7 @@ def run_segment(
             "config": to_dict(config),
             "settings_fingerprint": settings_fingerprint(config, classes),
         }
-        folder.write_json("meta.json", meta)
-        import yaml
-
-        folder.write_text("config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
-        out_dir = folder.commit()
+        out_dir = complete(folder, meta, to_dict(config))
         return SegmentRun(out_dir, frames, stream.skipped, load_seconds, segment_seconds, meta)
     except BaseException:
         if sink is not None:

@@ -129,7 +129,62 @@ class FrameSource(Protocol):
         ...
 
 
-class SegmentationStream:
+class ResultStream:
+    """An iterator of ``FrameResult`` that closes its reader and threads when it ends,
+    fails or is closed (``segment``'s stream and ``propagate``'s share it)."""
+
+    reader: FrameSource
+    shot_threshold: float
+    cuts: list[int]
+    _results: Iterator[FrameResult]
+    _frames: Prefetcher
+    _closed: bool
+
+    @property
+    def skipped(self) -> int:
+        """Frames that could not be decoded and were skipped."""
+        return self.reader.skipped
+
+    def describe_shots(self) -> dict[str, Any]:
+        """Cut detection settings and the frames where a new shot started, for meta.json."""
+        return {
+            "method": "mean HSV difference of consecutive 64x36 thumbnails (ovseg_cli.segment.shots)",
+            "threshold": self.shot_threshold or None,
+            "cuts": list(self.cuts),
+        }
+
+    def __iter__(self) -> Iterator[FrameResult]:
+        return self
+
+    def __next__(self) -> FrameResult:
+        if self._closed:
+            raise StopIteration
+        try:
+            return next(self._results)
+        except BaseException:
+            self.close()
+            raise
+
+    def _close_more(self) -> None:
+        """What a subclass also releases on close (before the reader)."""
+
+    def close(self) -> None:
+        """Stop decoding and release the video file."""
+        if not self._closed:
+            self._closed = True
+            self._results.close()  # drops the frames it holds
+            self._frames.close()
+            self._close_more()
+            self.reader.close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SegmentationStream(ResultStream):
     """An iterator of ``FrameResult`` over one video, with the run's context attached."""
 
     def __init__(
@@ -322,51 +377,12 @@ class SegmentationStream:
             frame.index, frame.time, frame.pts, frame.rgb, mask, logits.cpu(), item.key, item.cut
         )
 
-    @property
-    def skipped(self) -> int:
-        """Frames that could not be decoded and were skipped."""
-        return self.reader.skipped
-
     def describe(self) -> dict[str, Any]:
         """Keyframe and propagation settings, for meta.json."""
         info = {**self.settings.describe(), "batch": self.batch}
         if self.flow_resolution is not None:
             info["flow"]["resolution"] = list(self.flow_resolution)
         return info
-
-    def describe_shots(self) -> dict[str, Any]:
-        """Cut detection settings and the frames where a new shot started, for meta.json."""
-        return {
-            "method": "mean HSV difference of consecutive 64x36 thumbnails (ovseg_cli.segment.shots)",
-            "threshold": self.shot_threshold or None,
-            "cuts": list(self.cuts),
-        }
-
-    def __iter__(self) -> Iterator[FrameResult]:
-        return self
-
-    def __next__(self) -> FrameResult:
-        if self._closed:
-            raise StopIteration
-        try:
-            return next(self._results)
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        """Stop decoding and release the video file."""
-        if not self._closed:
-            self._closed = True
-            self._results.close()  # drops the frames it holds
-            self._frames.close()
-            self.reader.close()
-
-    def __enter__(self) -> SegmentationStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def segment_video(

@@ -133,3 +133,13 @@ class ResultWriter:
             self.writer.abort()
         if self.sinks is not None:
             self.sinks.abort()
+
+
+def complete(folder: Any, meta: dict[str, Any], config: dict[str, Any]) -> Path:
+    """Write meta.json and config.yaml (the resolved settings) and move the folder into
+    place: the last step of a run."""
+    import yaml
+
+    folder.write_json("meta.json", meta)
+    folder.write_text("config.yaml", yaml.safe_dump(config, sort_keys=False))
+    return folder.commit()
