@@ -18,7 +18,7 @@ _LAZY = {
     "load_model": "ovseg_cli.segment.loading",
     "segment_video": "ovseg_cli.segment.stream",
     "segment_videos": "ovseg_cli.batch.run",
-    "FrameResult": "ovseg_cli.segment.stream",
+    "FrameResult": "ovseg_cli.segment.results",
     "load_clip": "ovseg_cli.clip.loading",
     "parse_classes": "ovseg_cli.classes",
     "PropagateConfig": "ovseg_cli.config",

@@ -343,3 +343,26 @@ def test_memory_stays_flat_over_a_long_clip(tmp_path):
         peaks[frames] = _peak_bytes(run)
     # a dozen frames in flight at most (thread timing); the 120 frames more would be 10x that
     assert peaks[160] < peaks[40] + 12 * 192 * 128 * 3, peaks
+
+
+def test_propagate_runs_without_torch(clip, tmp_path):
+    """Label maps need no model: the whole command never imports torch (a quick start)."""
+    import subprocess
+    import sys
+
+    video, truth = clip
+    labels = write_labels(tmp_path / "labels", {0: truth[0], 8: truth[8]})
+    code = (
+        "import sys\n"
+        "from ovseg_cli.cli import app\n"
+        f"args = ['propagate', {str(video)!r}, '--labels', {str(labels)!r}, '--masks',"
+        f" '--export', 'cvat,coco,stats', '--out', {str(tmp_path / 'out')!r}, '-q']\n"
+        "try:\n"
+        "    app(args)\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "out" / "masks" / "000004.png").exists()

@@ -52,8 +52,8 @@ from ovseg_cli.propagate.warping import (
     to_map,
 )
 from ovseg_cli.segment.propagation import CUT_SHARE, MAX_FLOW_THREADS, FlowPool
+from ovseg_cli.segment.results import FrameResult, FrameSource, ResultStream
 from ovseg_cli.segment.shots import ShotDetector
-from ovseg_cli.segment.stream import FrameResult, FrameSource, ResultStream
 from ovseg_cli.threads import Prefetcher, usable_cores
 from ovseg_cli.video.reader import DecodedFrame, VideoReader
 

@@ -26,14 +26,15 @@ import math
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from ovseg_cli.config import AUTO, SegmentConfig, default_of
+
+if TYPE_CHECKING:  # torch is imported where scores are warped: label maps need none of it
+    import torch
 
 FLOW_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
@@ -266,12 +267,17 @@ def identity_flow(height: int, width: int) -> Flow:
 @functools.lru_cache(maxsize=8)
 def _sample_grid(height: int, width: int, device: str) -> torch.Tensor:
     """(h, w, 2) pixel-centre coordinates (x, y) of a grid, on a device."""
+    import torch
+
     xs, ys = _pixel_grid(height, width)
     return torch.from_numpy(np.stack([xs, ys], -1)).to(device)
 
 
 def warp_scores(scores: torch.Tensor, flow: Flow) -> torch.Tensor:
     """Bilinearly warp (C, h, w) keyframe scores to the frame of ``flow``, at their resolution."""
+    import torch
+    import torch.nn.functional as F
+
     _, h, w = scores.shape
     field = torch.from_numpy(flow.resized(h, w)).to(scores.device, non_blocking=True)
     coords = _sample_grid(h, w, str(scores.device)) + field
@@ -341,6 +347,8 @@ def propagate_scores(
     the mixture of both warped keyframes' softmax probabilities (``blend_weight``),
     returned as log-probabilities, whose softmax and argmax are the mixture's.
     """
+    import torch
+
     warped = warp_scores(prev, prev_flow)
     if next_ is None or next_flow is None:
         return warped
