@@ -274,6 +274,8 @@ def test_fill_model_from_the_command_line(clip, tiny_weights, tmp_path):
     [
         ("size", "the labels are 80x60, the video shapes.mov is 160x120"),
         ("past_end", "frame 40 is labelled, but shapes.mov has 33 frames"),
+        # within what a container's estimate may be off by: found once the video is read
+        ("just_past_end", "frame 33 is labelled, but shapes.mov has 33 frames (0 to 32)"),
         ("model_option", "--clip: model options apply only with --fill model"),
         ("nothing", "nothing to write"),
         ("no_labels", "no masks in it"),
@@ -289,6 +291,8 @@ def test_bad_input_is_one_line_and_writes_nothing(clip, tmp_path, case, expected
         masks = {0: truth[0][::2, ::2].copy()}
     elif case == "past_end":
         masks = {0: truth[0], 40: truth[0]}
+    elif case == "just_past_end":
+        masks = {0: truth[0], 33: truth[0]}
     elif case == "model_option":
         extra = ["--clip", "ovseg-tiny"]
     elif case == "nothing":

@@ -67,14 +67,14 @@ def test_window_with_a_checkpoint_is_refused(tmp_path: Path, tiny_checkpoint: Pa
 
 
 def test_example_eval_configs_are_valid() -> None:
-    from ovseg_cli.cli.eval import _sections
+    from ovseg_cli.cli.eval import SECTIONS
     from ovseg_cli.config import EvalConfig, SegmentConfig
-    from ovseg_cli.config_io import from_mapping
+    from ovseg_cli.config_io import from_mapping, load_sections
 
     files = sorted(EXAMPLES.glob("eval-*-cityscapes.yaml"))
     assert len(files) == 4
     for f in files:
-        sections = _sections(f)
+        sections = load_sections(f, SECTIONS)
         ev = from_mapping(EvalConfig, sections["eval"], source=str(f))
         seg = from_mapping(SegmentConfig, sections["segment"], source=str(f))
         assert (ev.size, ev.unlabelled, seg.window, seg.stride) == (560, False, 224, 112)

@@ -179,15 +179,18 @@ class LabelPropagation(ResultStream):
             )
         count = self.info.frame_count
         last = self.labels.frames[-1]
-        if count is not None and last >= count:
+        # the container's count may be an estimate (from the duration): refuse before reading
+        # only what is clearly past the end; the frames read decide the rest (``_run``)
+        if count is not None and last >= count + max(2, count // 50):
             raise OvsegError(
                 f"{self.labels.path}: frame {last} is labelled, but {self.info.path.name} has "
                 f"{count} frames (0 to {count - 1})"
             )
+        # frames wait for the next labelled frame: all of a gap (before the first labelled
+        # frame only, without bidirectional); the frames after the last one never wait
         frames = self.labels.frames
         gaps = [b - a - 1 for a, b in zip([-1, *frames], frames, strict=False)]
-        gaps.append(0 if count is None else count - 1 - frames[-1])
-        held = max(gaps) if self.settings.bidirectional or frames[0] > 0 else 1
+        held = max(1, max(gaps) if self.settings.bidirectional else gaps[0])
         if self.settings.max_gap is not None:
             held = min(held, self.settings.max_gap)
         side = min(self.settings.flow_size or min(h, w), h, w)
