@@ -71,6 +71,17 @@ def _key(name: str) -> str:
     return " ".join(name.lower().split())
 
 
+def readable(name: str) -> str:
+    """A dataset's class name as a prompt: underscores as spaces (VSPW's "Playground_slide")."""
+    return " ".join(str(name).replace("_", " ").split())
+
+
+def name_key(name: str) -> str:
+    """A class name as names from different sources are matched: case, underscores and runs
+    of spaces aside."""
+    return readable(name).lower()
+
+
 def _check_printable(spec: ClassSpec, source: str) -> None:
     """Refuse control characters: they end up in labelmap.txt, meta.json and exports."""
     for text in (spec.name, *spec.prompts):

@@ -354,26 +354,6 @@ def test_errors(tmp_path: Path, prepared: Path, shapes: Path) -> None:
     assert "4 labelled frame(s) have no prediction" in line and "'video1'" in line
 
 
-def test_frame_counts_are_confusion_matrix_updates() -> None:
-    """The scores count a frame at once as ConfusionMatrix.update does: ignored ground
-    truth left out, predictions beyond the classes (255 included) in the last column."""
-    from ovseg_cli.evaluation.metrics import ConfusionMatrix
-    from ovseg_cli.evaluation.protocol import Scores
-
-    rng = np.random.default_rng(3)
-    scores, reference = Scores(5, ()), ConfusionMatrix(5)
-    for keyframe in (True, False, False):
-        gt = rng.choice(np.array([0, 1, 2, 3, 4, 255], np.uint8), (30, 40))
-        pred = rng.choice(np.array([0, 1, 2, 3, 4, 7, 255], np.uint8), (30, 40))
-        scores.add(pred, gt, gt, keyframe)
-        reference.update(pred, gt)
-    assert scores.all.matrix.tolist() == reference.matrix.tolist()
-    assert (scores.kinds["keyframes"].matrix + scores.kinds["propagated"].matrix).tolist() == (
-        reference.matrix.tolist()
-    )
-    assert scores.all.matrix[:, 5].sum() > 0  # the unlabelled column was exercised
-
-
 def test_torchrun_two_processes_score_as_one(tmp_path: Path, shapes: Path) -> None:
     """Under torchrun each rank scores its share of the videos; the sums give one's report."""
     import os

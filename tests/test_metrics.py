@@ -135,3 +135,17 @@ def test_video_consistency_equals_vspws_definition(seed: int) -> None:
     for n in (2, 4, 8):
         expected = vspw_vc(videos, n)
         assert (math.isnan(out[n]) and math.isnan(expected)) or out[n] == pytest.approx(expected)
+
+
+def test_uint8_label_maps_count_as_the_torch_path_does() -> None:
+    """The numpy histogram for uint8 maps gives torch's counts: ignored ground truth left
+    out, predictions beyond the classes (255 included) in the last column."""
+    rng = np.random.default_rng(3)
+    fast, reference = ConfusionMatrix(5), ConfusionMatrix(5)
+    for _ in range(3):
+        gt = rng.choice(np.array([0, 1, 2, 3, 4, 255], np.uint8), (30, 40))
+        pred = rng.choice(np.array([0, 1, 2, 3, 4, 7, 255], np.uint8), (30, 40))
+        fast.update(pred, gt)
+        reference.update(torch.from_numpy(pred), torch.from_numpy(gt))
+    assert fast.matrix.tolist() == reference.matrix.tolist()
+    assert fast.matrix[:, 5].sum() > 0  # the unlabelled column was exercised

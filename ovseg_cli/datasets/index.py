@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ovseg_cli.classes import UNLABELLED as IGNORE_INDEX  # noqa: F401  (the one 255: no class)
+from ovseg_cli.classes import name_key
 from ovseg_cli.errors import OvsegError, did_you_mean
 
 INDEX_NAME = "index.json"
@@ -103,13 +104,9 @@ def check_split(split: str) -> str:
 # ---------------------------------------------------------------------------- class splits
 
 
-def _norm(name: str) -> str:
-    return " ".join(str(name).lower().replace("_", " ").split())
-
-
 def parse_class_list(items: Iterable[Any], classes: Sequence[str], what: str) -> list[int]:
     """Class indices from indices, names and ``a-b`` ranges (inclusive), in order, no repeats."""
-    by_name = {_norm(c): i for i, c in enumerate(classes)}
+    by_name = {name_key(c): i for i, c in enumerate(classes)}
     n = len(classes)
     out: list[int] = []
     for item in items:
@@ -122,8 +119,8 @@ def parse_class_list(items: Iterable[Any], classes: Sequence[str], what: str) ->
             if not text:
                 raise OvsegError(f"{what}: empty entry (stray comma?)")
             m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", text)
-            if _norm(text) in by_name:  # a name wins over a range: "t-shirt" is a class
-                picked = [by_name[_norm(text)]]
+            if name_key(text) in by_name:  # a name wins over a range: "t-shirt" is a class
+                picked = [by_name[name_key(text)]]
             elif text.isdigit():
                 picked = [int(text)]
             elif m:

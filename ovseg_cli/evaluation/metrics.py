@@ -36,15 +36,25 @@ class ConfusionMatrix:
         self.n = num_classes
         self.matrix = torch.zeros(num_classes, num_classes + 1, dtype=torch.int64, device=device)
 
-    def update(self, pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> None:
-        """Add one or more label maps; pixels with target 255 (or out of range) are skipped."""
+    def counts(
+        self, pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray
+    ) -> torch.Tensor:
+        """The (n, n + 1) counts of one or more label maps, on the matrix's device; pixels
+        with target 255 (or out of range) are skipped."""
+        arrays = isinstance(pred, np.ndarray) and isinstance(target, np.ndarray)
+        if arrays and pred.dtype == target.dtype == np.uint8:
+            return torch.from_numpy(_uint8_counts(pred, target, self.n)).to(self.matrix.device)
         pred_t = torch.as_tensor(pred, device=self.matrix.device).reshape(-1).long()
         target_t = torch.as_tensor(target, device=self.matrix.device).reshape(-1).long()
         keep = (target_t >= 0) & (target_t < self.n)
         column = torch.where(pred_t[keep] < self.n, pred_t[keep], self.n)  # unlabelled: last
         pair = target_t[keep] * (self.n + 1) + column
         counts = torch.bincount(pair, minlength=self.n * (self.n + 1))
-        self.matrix += counts.view(self.n, self.n + 1)
+        return counts.view(self.n, self.n + 1)
+
+    def update(self, pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> None:
+        """Add one or more label maps; pixels with target 255 (or out of range) are skipped."""
+        self.matrix += self.counts(pred, target)
 
     def merge(self, other: ConfusionMatrix) -> None:
         """Add another matrix (e.g. from another process)."""
@@ -53,6 +63,18 @@ class ConfusionMatrix:
     def compute(self) -> dict[str, Any]:
         """mIoU, fwIoU, mAcc, pAcc and per-class IoU / accuracy (NaN where undefined)."""
         return metrics_from_confusion(self.matrix.cpu().numpy())
+
+
+def _uint8_counts(pred: np.ndarray, target: np.ndarray, n: int) -> np.ndarray:
+    """``ConfusionMatrix.counts`` of uint8 label maps from one joint histogram: a fraction
+    of a millisecond for 480x360 on any CPU, where torch's indexing takes tens when its
+    threads compete with the readers'."""
+    joint = np.bincount((target.astype(np.uint16) << 8 | pred).ravel(), minlength=1 << 16)
+    joint = joint.reshape(256, 256)[:n]
+    counts = np.empty((n, n + 1), np.int64)
+    counts[:, :n] = joint[:, :n]
+    counts[:, n] = joint[:, n:].sum(axis=1)  # predictions beyond the classes: unlabelled
+    return counts
 
 
 def metrics_from_confusion(conf: np.ndarray) -> dict[str, Any]:

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ovseg_cli.classes import UNLABELLED
+from ovseg_cli.classes import UNLABELLED, name_key
 from ovseg_cli.datasets.index import PreparedIndex, Video
 from ovseg_cli.errors import OvsegError, did_you_mean
 from ovseg_cli.video.images import image_threads, read_image
@@ -59,12 +59,6 @@ MASKS = "masks"
 META = "meta.json"
 LABELMAP = "labelmap.txt"
 REPORT = "report.json"
-NOT_CLASSES = ("background", "unlabelled", "unlabeled")  # a last black labelmap line
-
-
-def _norm(name: str) -> str:
-    """A class name as matched: case, underscores and runs of spaces aside."""
-    return " ".join(str(name).lower().replace("_", " ").split())
 
 
 def _listing(names: Sequence[str], most: int = 6) -> str:
@@ -152,8 +146,8 @@ def find_predictions(
         pairs = _per_video(root, base, videos)
         layout = "one folder per video"
     found = [_video_predictions(video, folder, index, classes) for video, folder in pairs]
-    known = {_norm(c) for c in index.classes}
-    unmatched = [n for vp in found for n in vp.names if _norm(n) not in known]
+    known = {name_key(c) for c in index.classes}
+    unmatched = [n for vp in found for n in vp.names if name_key(n) not in known]
     return Predictions(root, layout, found, list(dict.fromkeys(unmatched)))
 
 
@@ -288,31 +282,19 @@ def _per_video(root: Path, base: Path, videos: Sequence[Video]) -> list[tuple[Vi
 
 
 def read_labelmap(path: Path) -> tuple[list[str], bool]:
-    """Class names of a CVAT-style labelmap.txt, and whether a last black line named
-    background or unlabelled was left out (it marks unlabelled pixels, not a class)."""
+    """Class names of a labelmap.txt of index masks (line i is class i), and whether a last
+    black line for unlabelled pixels was left out (``parse_labelmap``)."""
+    from ovseg_cli.exports.cvat import parse_labelmap
+
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise OvsegError(f"cannot read {path}: {exc}") from None
-    entries: list[tuple[str, tuple[int, ...] | None]] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, _, rest = line.partition(":")
-        try:
-            rgb: tuple[int, ...] | None = tuple(int(x) for x in rest.split(":")[0].split(","))
-        except ValueError:
-            rgb = None
-        if not name.strip():
-            raise OvsegError(f"{path}: a line without a class name: {line!r}")
-        entries.append((name.strip(), rgb))
-    black = bool(entries) and entries[-1][1] == (0, 0, 0)
-    dropped = black and _norm(entries[-1][0]).strip("() ") in NOT_CLASSES
-    names = [n for n, _ in entries[: len(entries) - dropped]]
+    lines = [x for x in text.splitlines() if x.strip() and not x.lstrip().startswith("#")]
+    names = [n for n, _ in parse_labelmap(text, str(path), colour=False)]
     if not names:
         raise OvsegError(f"{path}: no classes")
-    return names, dropped
+    return names, len(names) < len(lines)
 
 
 def _meta_classes(path: Path, meta: dict[str, Any]) -> list[str] | None:
@@ -357,12 +339,12 @@ def class_lut(
         raise OvsegError(f"{source}: {len(names)} classes; masks hold at most {UNLABELLED}")
     by_name: dict[str, int] = {}
     for i, c in enumerate(index.classes):
-        by_name.setdefault(_norm(c), i)
+        by_name.setdefault(name_key(c), i)
     position = {c: k for k, c in enumerate(classes)}
     lut = np.full(256, UNLABELLED, np.uint8)
     matched = 0
     for value, name in enumerate(names):
-        c = by_name.get(_norm(name))
+        c = by_name.get(name_key(name))
         matched += c is not None
         if c is not None and c in position:
             lut[value] = position[c]

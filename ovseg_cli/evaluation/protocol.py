@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ovseg_cli import distributed as dist
-from ovseg_cli.classes import UNLABELLED, ClassSpec, colors_for, read_classes_file
+from ovseg_cli.classes import UNLABELLED, ClassSpec, colors_for, read_classes_file, readable
 from ovseg_cli.config import EvalConfig, SegmentConfig
 from ovseg_cli.datasets.index import Frame, PreparedIndex, Video, check_files
 from ovseg_cli.errors import OvsegError, did_you_mean
@@ -95,8 +95,7 @@ def class_specs(
     out = []
     for name in names:
         spec = given.get(name)
-        readable = " ".join(name.replace("_", " ").split())  # VSPW spells "Playground_slide"
-        prompts = spec.texts if spec else (readable,)
+        prompts = spec.texts if spec else (readable(name),)
         out.append(ClassSpec(name=name, prompts=tuple(prompts), color=spec.color if spec else None))
     return out
 
@@ -131,19 +130,6 @@ def _subset_miou(iou: Sequence[float], members: Sequence[int]) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def _frame_confusion(pred: np.ndarray, gt: np.ndarray, n: int) -> np.ndarray:
-    """The (n, n + 1) counts ``ConfusionMatrix.update`` adds for one frame of uint8 labels
-    (rows: ground truth below n; the last column: predictions n and above), from one joint
-    histogram: a fraction of a millisecond for 480x360 on any CPU, where torch's indexing
-    can take tens when its threads compete with the readers'."""
-    joint = np.bincount((gt.astype(np.uint16) << 8 | pred).ravel(), minlength=1 << 16)
-    joint = joint.reshape(256, 256)[:n]
-    counts = np.empty((n, n + 1), np.int64)
-    counts[:, :n] = joint[:, :n]
-    counts[:, n] = joint[:, n:].sum(axis=1)
-    return counts
-
-
 class Scores:
     """Everything counted over the labelled frames: all, keyframes apart, propagated apart."""
 
@@ -156,14 +142,9 @@ class Scores:
     def add(self, pred: np.ndarray, gt: np.ndarray, raw: np.ndarray, keyframe: bool) -> None:
         """One labelled frame: prediction, ground truth in vocabulary indices, raw labels."""
         kind = FRAME_KINDS[0] if keyframe else FRAME_KINDS[1]
-        if pred.dtype == gt.dtype == np.uint8:  # counted once, added to both
-            counts = torch.from_numpy(_frame_confusion(pred, gt, self.all.n))
-            counts = counts.to(self.all.matrix.device)
-            self.all.matrix += counts
-            self.kinds[kind].matrix += counts
-        else:
-            self.all.update(pred, gt)
-            self.kinds[kind].update(pred, gt)
+        counts = self.all.counts(pred, gt)  # counted once, added to both
+        self.all.matrix += counts
+        self.kinds[kind].matrix += counts
         self.frames[kind] += 1
         self.vc.add(pred, raw)
 

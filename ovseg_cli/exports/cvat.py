@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import zipfile
 from collections.abc import Sequence
 from typing import Any
@@ -76,6 +77,29 @@ def _png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+_LABEL_LINE = re.compile(r"([^:]*[^:\s][^:]*):\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*(:.*)?")
+
+
+def parse_labelmap(text: str, where: str, *, colour: bool) -> list[tuple[str, RGB]]:
+    """The classes (name, colour) of a labelmap.txt (``name:r,g,b:parts:actions`` lines),
+    in order, less black's line for unlabelled pixels: CVAT writes it first, for colour
+    masks; ``labelmap_text`` last, after the classes of index masks (``colour`` False)."""
+    labels: list[tuple[str, RGB]] = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        m = _LABEL_LINE.fullmatch(line.strip())
+        if m is None or max(int(v) for v in m.groups()[1:4]) > 255:
+            raise OvsegError(f"{where}:{n}: expected 'name:r,g,b::', not {line.strip()!r}")
+        labels.append((" ".join(m[1].split()), (int(m[2]), int(m[3]), int(m[4]))))
+    for i in range(len(labels)) if colour else range(len(labels))[-1:]:
+        rest = labels[:i] + labels[i + 1 :]
+        black = black_label([n for n, _ in rest], [c for _, c in rest])
+        if labels[i][1] == BLACK and (is_cvat_background(labels[i][0]) or labels[i][0] == black):
+            return rest
+    return labels
 
 
 def labelmap_text(

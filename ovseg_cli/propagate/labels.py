@@ -42,13 +42,12 @@ from PIL import Image
 
 from ovseg_cli.classes import RGB, UNLABELLED, colors_for, default_color, read_classes_file
 from ovseg_cli.errors import OvsegError, did_you_mean
-from ovseg_cli.exports.cvat import BLACK, black_label, is_cvat_background
+from ovseg_cli.exports.cvat import parse_labelmap
 
 FORMATS = "a folder of PNG masks, a CVAT 'Segmentation mask 1.1' zip or a COCO json"
 CVAT = "CVAT Segmentation mask 1.1 zip"
 NO_NAMES = "no class names: put labelmap.txt beside the masks or pass --classes-file"
 _FRAME_PNG = re.compile(r"^(?:frame_)?(\d+)\.png$", re.IGNORECASE)
-_LABEL_LINE = re.compile(r"([^:]*[^:\s][^:]*):\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*(:.*)?")
 _BAD = (OSError, ValueError, EOFError, SyntaxError, RuntimeError, zipfile.BadZipFile, zlib.error)
 Labels = list[tuple[str, RGB]]  # (name, colour) of each class of a source, in its order
 
@@ -147,25 +146,6 @@ def _text(read: Callable[[], bytes], where: str) -> str:
         return read().decode("utf-8-sig")
     except (*_BAD, UnicodeDecodeError) as e:
         raise OvsegError(f"{where}: cannot be read as UTF-8 text ({e})") from None
-
-
-def _labelmap(text: str, where: str, *, colour: bool) -> Labels:
-    """CVAT's labelmap.txt (``name:r,g,b:parts:actions`` lines), less black's unlabelled line."""
-    labels: Labels = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        m = _LABEL_LINE.fullmatch(line.strip())
-        if m is None or max(int(v) for v in m.groups()[1:4]) > 255:
-            raise OvsegError(f"{where}:{n}: expected 'name:r,g,b::', not {line.strip()!r}")
-        labels.append((" ".join(m[1].split()), (int(m[2]), int(m[3]), int(m[4]))))
-    # ovseg writes black's line last, after the classes of index masks; CVAT writes it first
-    for i in range(len(labels)) if colour else range(len(labels))[-1:]:
-        rest = labels[:i] + labels[i + 1 :]
-        black = black_label([n for n, _ in rest], [c for _, c in rest])
-        if labels[i][1] == BLACK and (is_cvat_background(labels[i][0]) or labels[i][0] == black):
-            return rest
-    return labels
 
 
 def _classes(
@@ -373,7 +353,9 @@ def _read_folder(path: Path, classes_file: Any, empty_frames: bool) -> LabelSet:
     maps = [p / "labelmap.txt" for p in (folder, folder.parent) if (p / "labelmap.txt").is_file()]
     labelmap, labels = (maps or [None])[0], None
     if labelmap is not None:
-        labels = _labelmap(_text(labelmap.read_bytes, str(labelmap)), str(labelmap), colour=colour)
+        labels = parse_labelmap(
+            _text(labelmap.read_bytes, str(labelmap)), str(labelmap), colour=colour
+        )
     where = str(labelmap or classes_file or folder)
     classes = _classes(labels, classes_file, where, colour)
     return _finish(path, "mask folder", _PngSource(frames), classes, empty_frames)
@@ -398,7 +380,7 @@ def _read_cvat(path: Path, classes_file: Any, empty_frames: bool) -> LabelSet:
             raise OvsegError(f"{path}: not a {CVAT} (no SegmentationClass/ masks)")
         where = f"{path}: {prefix}labelmap.txt"
         text = _text(lambda: zf.read(f"{prefix}labelmap.txt"), where)
-        classes = _classes(_labelmap(text, where, colour=True), classes_file, where, True)
+        classes = _classes(parse_labelmap(text, where, colour=True), classes_file, where, True)
     except BaseException:
         zf.close()
         raise

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ovseg_cli import __version__
-from ovseg_cli.classes import ClassSpec, read_classes_file
+from ovseg_cli.classes import ClassSpec, read_classes_file, readable
 from ovseg_cli.config import PropagateConfig, SegmentConfig
 from ovseg_cli.config_io import to_dict
 from ovseg_cli.errors import OvsegError
@@ -37,8 +37,7 @@ def label_prompts(names: Sequence[str], classes_file: str | Path | None) -> list
     specs = []
     for name in names:
         spec = given.get(name)
-        readable = " ".join(name.replace("_", " ").split())
-        specs.append(ClassSpec(name, spec.prompts if spec else (readable,)))
+        specs.append(ClassSpec(name, spec.prompts if spec else (readable(name),)))
     return specs
 
 
