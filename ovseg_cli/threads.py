@@ -32,6 +32,11 @@ def spare_cores(limit: int = 4) -> int:
     return max(1, min(limit, usable_cores() - 1))
 
 
+def resolved(value: T | Future[T]) -> T:
+    """A value that may still be a ``Future``, waiting for it if it is."""
+    return value.result() if isinstance(value, Future) else value
+
+
 class Prefetcher(Generic[T]):
     """Iterates ``source`` in a background thread, at most ``depth`` items ahead."""
 

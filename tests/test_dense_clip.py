@@ -15,6 +15,7 @@ from ovseg_cli.clip.dense import (
     DenseClipEncoder,
     model_input_size,
     neighbourhood_prior,
+    resize_rgb,
     to_model_input,
 )
 from ovseg_cli.clip.loading import load_clip
@@ -123,6 +124,29 @@ def test_to_model_input_normalises() -> None:
     x = to_model_input(rgb, (16, 24), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     assert x.shape == (1, 3, 16, 24)
     torch.testing.assert_close(x, torch.full_like(x, 2.0))
+
+
+def test_frames_prepared_as_uint8_give_the_logits_of_host_normalised_ones(tiny_weights) -> None:
+    """Frames go to the model's device as uint8 and are normalised there, bit for bit what
+    normalising them on the host (before this moved) gave."""
+    from ovseg_cli.clip.prompts import Vocabulary
+    from ovseg_cli.config import SegmentConfig
+    from ovseg_cli.segment.loading import load_model
+
+    model = load_model(SegmentConfig(clip="ovseg-tiny", pretrained=str(tiny_weights), size=64,
+                                     device="cpu"))  # fmt: skip
+    rgb = np.random.default_rng(0).integers(0, 256, (90, 120, 3), np.uint8)
+    prepared = model.prepare(rgb)
+    assert prepared.dtype == torch.uint8 and prepared.shape == (1, 3, 64, 88)
+    on_host = torch.from_numpy(resize_rgb(rgb, (64, 88))).permute(2, 0, 1).float().div_(255.0)
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (model.clip.mean, model.clip.std))
+    on_host = on_host.sub_(mean).div_(std).unsqueeze(0)
+    assert torch.equal(model.normalise(prepared), on_host)
+    text = torch.nn.functional.normalize(torch.randn(3, model.clip.model.text_projection.shape[1]))
+    vocab = Vocabulary([], text, ())
+    a, _ = model.step_batch(prepared, model.init_state(), vocab)
+    b, _ = model.step_batch(on_host, model.init_state(), vocab)
+    assert torch.equal(a[0], b[0])
 
 
 @pytest.mark.parametrize(("n_in", "n_out"), [(14, 28), (14, 20), (14, 7), (8, 5), (7, 40)])

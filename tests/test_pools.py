@@ -193,6 +193,37 @@ def test_flows_on_a_pool_give_the_masks_of_one_thread(
     assert all(np.array_equal(a[2], b[2]) for a, b in zip(masks[1], masks[4], strict=True))
 
 
+@pytest.mark.parametrize("keyframe_interval", [1, 4])
+def test_inputs_resized_on_a_pool_keep_their_frames(
+    tmp_path: Path, tiny_model, monkeypatch: pytest.MonkeyPatch, keyframe_interval: int
+) -> None:
+    import numpy as np
+
+    from ovseg_cli.segment import stream as stream_module
+    from ovseg_cli.segment.stream import segment_video
+
+    video = _clip_with_a_cut(tmp_path / "cut.mp4")
+    rng, threads, prepare = random.Random(0), set(), tiny_model.prepare
+
+    def slow_prepare(rgb, short_side=None):  # later frames often finish first
+        threads.add(threading.current_thread().name)
+        time.sleep(rng.random() * 0.02)
+        return prepare(rgb, short_side)
+
+    masks = {}
+    for workers in (1, 4):
+        monkeypatch.setattr(stream_module, "prepare_threads", lambda workers=workers: workers)
+        if workers > 1:
+            monkeypatch.setattr(tiny_model, "prepare", slow_prepare)
+        with segment_video(video, "road,sky,tree", model=tiny_model, batch=3, size=64,
+                           keyframe_interval=keyframe_interval) as s:  # fmt: skip
+            masks[workers] = [(r.index, r.is_keyframe, r.mask) for r in s]
+            assert s.cuts == [11]
+    assert len({name for name in threads if name.startswith("ovseg-prepare")}) > 1
+    assert [m[:2] for m in masks[1]] == [m[:2] for m in masks[4]]
+    assert all(np.array_equal(a[2], b[2]) for a, b in zip(masks[1], masks[4], strict=True))
+
+
 def test_dataset_images_read_ahead_by_a_pool_come_in_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -40,8 +40,10 @@ __all__ = [
     "DenseMethod",
     "model_input_size",
     "neighbourhood_prior",
+    "normalise_images",
     "register_dense_method",
     "to_model_input",
+    "uint8_input",
 ]
 
 
@@ -247,7 +249,23 @@ def to_model_input(
     std: Sequence[float],
 ) -> torch.Tensor:
     """Resize an (H, W, 3) uint8 frame to (h, w) and normalise it to a (1, 3, h, w) tensor."""
-    x = torch.from_numpy(resize_rgb(rgb, size)).permute(2, 0, 1).float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return x.sub_(m).div_(s).unsqueeze(0)
+    return normalise_images(uint8_input(rgb, size), mean, std)
+
+
+def uint8_input(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """An (H, W, 3) uint8 frame resized to a (1, 3, h, w) uint8 tensor, not yet normalised."""
+    return torch.from_numpy(resize_rgb(rgb, size)).permute(2, 0, 1).unsqueeze(0)
+
+
+def normalise_images(
+    images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """(B, 3, h, w) uint8 images as the CLIP's float input, on their own device.
+
+    The same operations in the same order wherever they run, so normalising on the model's
+    device (a quarter of the bytes to move there) gives the host's values bit for bit.
+    """
+    x = images.float().div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    return x.sub_(m).div_(s)

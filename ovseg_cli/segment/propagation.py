@@ -242,7 +242,9 @@ class FlowPool:
     @staticmethod
     def resolve(flow: Any) -> Any:
         """The flow (or field) a ``submit`` gave, waiting for it if it is still being computed."""
-        return flow.result() if isinstance(flow, Future) else flow
+        from ovseg_cli.threads import resolved
+
+        return resolved(flow)
 
     def close(self) -> None:
         """No more flows: the threads end once those asked for are done. Nothing is

@@ -56,7 +56,8 @@ class Segmenter(Protocol):
         ...
 
     def prepare(self, rgb: np.ndarray, short_side: int | None = None) -> torch.Tensor:
-        """An (H, W, 3) uint8 frame as the model's (1, 3, h, w) input; safe in a reader thread."""
+        """An (H, W, 3) uint8 frame resized to the model's (1, 3, h, w) uint8 input; safe in
+        reader threads (several at once). Scaling to floats happens on the model's device."""
         ...
 
     def init_state(self) -> StreamState:

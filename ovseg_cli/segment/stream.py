@@ -7,9 +7,10 @@
 ``SegmentationStream`` is the one loop that `segment` and `eval` (and the Python API) run:
 frames come from a video file (``VideoReader``) or from a prepared dataset's images
 (``ImageSequence``), and the same settings (``StreamSettings``) choose keyframes, batch
-them, detect shot cuts and threshold the masks. Frames are decoded and resized in a
-background thread while the model runs; nothing but a few frames in flight and the
-bounded temporal state is held in memory.
+them, detect shot cuts and threshold the masks. Frames are decoded in a background thread
+and resized on a pool of threads while the model runs (as uint8: the model's device
+normalises them); nothing but a few frames in flight and the bounded temporal state is held
+in memory.
 
 With a keyframe interval above 1 (or ``auto``) only keyframes run the model and update its
 state. The reader thread picks the keyframes and computes every other frame's optical
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,10 +49,13 @@ from ovseg_cli.segment.propagation import (
 from ovseg_cli.segment.protocol import Segmenter
 from ovseg_cli.segment.results import FrameResult, FrameSource, ResultStream
 from ovseg_cli.segment.shots import ShotDetector
-from ovseg_cli.threads import Prefetcher
+from ovseg_cli.threads import Prefetcher, resolved, spare_cores
 from ovseg_cli.video.reader import DecodedFrame, VideoInfo, VideoReader
 
 MASKS_AHEAD = 2  # results whose masks are being made while the model runs on
+# threads resizing keyframes for the model (PIL's bicubic, about 9 ms a 720p frame, releases
+# the GIL): with one reader thread doing it, a fast model waited on the resizing
+MAX_PREPARE_THREADS = 4
 
 
 @dataclass
@@ -60,7 +64,7 @@ class _Planned:
 
     frame: DecodedFrame
     key: bool
-    image: torch.Tensor | None = None  # keyframes: the model's input
+    image: torch.Tensor | Future[torch.Tensor] | None = None  # keyframes: the model's input
     cut: bool = False  # the frame starts a new shot (always a keyframe)
     # Flow, or its Future while a FlowPool computes it (FlowPool.resolve where it is used)
     prev_flow: Flow | Future[Flow] | None = None  # frames in between: to the previous keyframe
@@ -70,6 +74,12 @@ class _Planned:
     # bidirectional keyframe: flows of the frames since the previous keyframe, by index
     back_flows: dict[int, Flow | Future[Flow]] | None = None
     logits: torch.Tensor | None = None  # keyframes, once the model has run
+
+
+def prepare_threads() -> int:
+    """Threads resizing keyframes: the spare cores up to 4, and at least 2 so that resizing
+    overlaps decoding even on a 2-core machine."""
+    return max(2, spare_cores(MAX_PREPARE_THREADS))
 
 
 def default_batch(device: torch.device) -> int:
@@ -127,6 +137,7 @@ class SegmentationStream(ResultStream):
         self.peak_held = 0  # most frames held at once between reading and returning them
         self.flow_resolution: tuple[int, int] | None = None  # (w, h) the flow is computed at
         self.flow_workers = flow_threads()  # threads computing keyframe mode's flows
+        self.prepare_workers = prepare_threads()  # threads resizing keyframes
         # a whole batch of frames can be read while the previous batch runs
         self._frames = Prefetcher(self._plan(), depth=max(4, self.batch))
         self._results = self._stream()
@@ -154,13 +165,21 @@ class SegmentationStream(ResultStream):
             check_fits(step + held, available_host_bytes(), what, advice)
 
     def _plan(self) -> Iterator[_Planned]:
-        """Reader thread: decode, choose keyframes, prepare their input, compute flows."""
+        """Reader thread: decode, choose keyframes, have their input prepared on a pool
+        (a future in ``image``), compute flows."""
+        pool = ThreadPoolExecutor(self.prepare_workers, thread_name_prefix="ovseg-prepare")
+        try:
+            yield from self._planned(lambda rgb: pool.submit(self.model.prepare, rgb, self.size))
+        finally:  # nothing cancelled: frames already planned still wait for their input
+            pool.shutdown(wait=False)
+
+    def _planned(self, prepare: Callable[[np.ndarray], Future[torch.Tensor]]) -> Iterator[_Planned]:
         settings = self.settings
         shots = ShotDetector(self.shot_threshold) if self.shot_threshold > 0 else None
         if not settings.propagating:
             for frame in self.reader:
                 cut = shots is not None and shots(frame.rgb)
-                yield _Planned(frame, True, self.model.prepare(frame.rgb, self.size), cut=cut)
+                yield _Planned(frame, True, prepare(frame.rgb), cut=cut)
             return
         # the pairs' flows on a pool (futures, resolved where they are used): auto mode
         # needs each flow at once to choose keyframes, and computes it here
@@ -178,8 +197,7 @@ class SegmentationStream(ResultStream):
                 if key_grey is not None and not cut and settings.auto:  # auto: the warp
                     flow = flows.estimator(grey, key_grey)
                 if key_grey is None or cut or settings.is_keyframe(since, flow):
-                    image = self.model.prepare(frame.rgb, self.size)
-                    item = _Planned(frame, True, image, cut=cut)
+                    item = _Planned(frame, True, prepare(frame.rgb), cut=cut)
                     if settings.bidirectional:
                         # across a cut the other shot's scores are no use: forward only
                         back = {} if cut else {i: flows.submit(g, grey) for i, g in waiting.items()}
@@ -269,6 +287,8 @@ class SegmentationStream(ResultStream):
     def _run_keyframes(self, window: deque[_Planned]) -> None:
         """Run the model on the next ``batch`` keyframes of the window, in order."""
         todo = [item for item in window if item.key and item.logits is None][: self.batch]
+        for item in todo:
+            item.image = resolved(item.image)
         shape = todo[0].image.shape
         todo = list(itertools.takewhile(lambda item: item.image.shape == shape, todo))
         # a batch never spans a cut: the state is reset before the cut's frame

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ovseg_cli.classes import ClassSpec
-from ovseg_cli.clip.dense import DenseClipEncoder, model_input_size, to_model_input
+from ovseg_cli.clip.dense import DenseClipEncoder, model_input_size, normalise_images, uint8_input
 from ovseg_cli.clip.loading import ClipBundle
 from ovseg_cli.clip.pamr import pamr
 from ovseg_cli.clip.prompts import Vocabulary, encode_vocabulary
@@ -120,9 +120,17 @@ class TrainingFreeSegmenter(StepsInBatches):
         return model_input_size(height, width, short_side or self.size, self.encoder.patch)
 
     def prepare(self, rgb: np.ndarray, short_side: int | None = None) -> torch.Tensor:
-        """Resize and normalise an (H, W, 3) uint8 frame; safe to call from a reader thread."""
-        size = self.input_size(*rgb.shape[:2], short_side)
-        return to_model_input(rgb, size, self.clip.mean, self.clip.std)
+        """Resize an (H, W, 3) uint8 frame to a (1, 3, h, w) uint8 tensor (reader threads);
+        ``step_batch`` normalises it on the model's device."""
+        return uint8_input(rgb, self.input_size(*rgb.shape[:2], short_side))
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Prepared images on the model's device as the CLIP's input: uint8 ones normalised
+        there; floating ones are taken as normalised already."""
+        images = images.to(self.device, non_blocking=True)
+        if images.is_floating_point():
+            return images
+        return normalise_images(images, self.clip.mean, self.clip.std)
 
     def boxes(self, h: int, w: int) -> list[tuple[int, int, int, int]] | None:
         """The sliding windows of an (h, w) input, or None for one whole-frame pass."""
@@ -156,6 +164,7 @@ class TrainingFreeSegmenter(StepsInBatches):
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Dense embeddings (W, B, E, gh, gw) of prepared images: one per window (W = 1 whole)."""
+        images = self.normalise(images)
         boxes = self.boxes(*images.shape[-2:])
         with autocast(self.device, self.precision):
             if boxes is None:
@@ -176,7 +185,7 @@ class TrainingFreeSegmenter(StepsInBatches):
         pixel with windows or a refinement (what the references produce before their final
         resize to the image).
         """
-        images = images.to(self.device, non_blocking=True)
+        images = self.normalise(images)
         h, w = images.shape[-2:]
         boxes = self.boxes(h, w)
         emb = self.embed(images)
