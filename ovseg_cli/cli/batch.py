@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ovseg_cli.cli.common import console
+from ovseg_cli.cli.common import console, plain
 from ovseg_cli.cli.progress import Progress, done
 from ovseg_cli.errors import OvsegError
 
@@ -135,7 +135,7 @@ def _print_summary(results: list[VideoResult], failed: list[VideoResult]) -> Non
         why.add_column("video")
         why.add_column("error")
         for r in failed[:FAILED_SHOWN]:
-            why.add_row(str(r.item.name), r.error or "")
+            why.add_row(plain(r.item.name), plain(r.error or ""))
         if len(failed) > FAILED_SHOWN:
             why.add_row(f"... and {len(failed) - FAILED_SHOWN} more", "see manifest.jsonl")
         out.print(why)

@@ -21,20 +21,29 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def console(stderr: bool = True) -> Any:
-    """A rich console (stderr by default: stdout stays for results)."""
+    """A rich console (stderr by default: stdout stays for results); no emoji codes, so a
+    name like ``x:cat:y`` prints as it is."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    return Console(stderr=stderr, highlight=False, emoji=False)
+
+
+def plain(text: object) -> str:
+    """Text from outside (a path, a class name, an error) safe to print through rich: its
+    brackets are shown, never read as markup."""
+    from rich.markup import escape
+
+    return escape(str(text))
 
 
 def error(message: str) -> None:
     """Print ``error: message`` on stderr."""
-    console().print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    console().print(f"[bold red]error:[/] {plain(message)}", soft_wrap=True)
 
 
 def warn(message: str) -> None:
     """Print ``warning: message`` on stderr."""
-    console().print(f"[bold yellow]warning:[/] {message}", soft_wrap=True)
+    console().print(f"[bold yellow]warning:[/] {plain(message)}", soft_wrap=True)
 
 
 class _WarningHandler(logging.Handler):

@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from ovseg_cli.cli.common import console, friendly_errors
+from ovseg_cli.cli.common import console, friendly_errors, plain
 from ovseg_cli.cli.options import MODEL_OPTIONS, STREAM_OPTIONS, config_options
 from ovseg_cli.cli.progress import Progress, done
 from ovseg_cli.config import EvalConfig, SegmentConfig
@@ -137,7 +137,7 @@ def _print_report(report: dict) -> None:
         per_class.add_column(col, justify="left" if col == "class" else "right")
     for c in report["per_class"]:
         per_class.add_row(
-            c["name"],
+            plain(c["name"]),
             "yes" if c["seen"] else "no",
             _pct(c["iou"]),
             _pct(c["acc"]),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ovseg_cli.cli.common import console, friendly_errors
+from ovseg_cli.cli.common import console, friendly_errors, plain
 
 
 @friendly_errors
@@ -58,7 +58,7 @@ def models_command(
     out = console(stderr=False)
     out.print(table)
     out.print(
-        f"Weights cache: {constants.HF_HUB_CACHE} (Hugging Face) and {URL_CACHE}.\n"
+        f"Weights cache: {plain(constants.HF_HUB_CACHE)} (Hugging Face) and {plain(URL_CACHE)}.\n"
         "Offline, pass a local file instead: --pretrained /path/to/open_clip_model.safetensors; "
         "'--pretrained none' gives random weights (tests and benchmarks only)."
     )
@@ -77,7 +77,8 @@ def _describe_checkpoint(checkpoint: Path, pretrained: str | None) -> None:
     out = console(stderr=False)
     meta = seg.meta
     out.print(
-        f"[bold]{checkpoint}[/]: OV2VSS, CLIP {meta['clip']['arch']}/{meta['clip']['pretrained']}, "
+        f"[bold]{plain(checkpoint)}[/]: OV2VSS, CLIP "
+        f"{plain(meta['clip']['arch'])}/{plain(meta['clip']['pretrained'])}, "
         f"step {meta.get('step')}, {len(meta['classes'])} training classes, "
         f"backbone {seg.cfg.backbone}"
     )

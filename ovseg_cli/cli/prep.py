@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from ovseg_cli.cli.common import console, friendly_errors, warn
+from ovseg_cli.cli.common import console, friendly_errors, plain, warn
 from ovseg_cli.cli.progress import Progress, done
 from ovseg_cli.datasets.formats import FormatInfo, get_format, list_formats
 
@@ -109,7 +109,7 @@ def _summary(result: Any) -> None:
 
     index = result.index
     stats = index.stats
-    table = Table(title=f"{index.format} -> {result.out_dir}")
+    table = Table(title=plain(f"{index.format} -> {result.out_dir}"))
     for col in ("split", "videos", "frames", "labelled frames"):
         table.add_column(col, justify="left" if col == "split" else "right")
     for split, s in stats.get("splits", {}).items():
@@ -124,7 +124,7 @@ def _summary(result: Any) -> None:
     out.print(table)
     out.print(
         f"classes: {len(index.classes)} ({len(index.seen)} seen, {len(index.unseen)} unseen); "
-        f"index: {index.path}"
+        f"index: {plain(index.path)}"
     )
     train = stats.get("splits", {}).get("train")
     if train and train["labelled_frames"]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ovseg_cli.cli.common import console
+from ovseg_cli.cli.common import console, plain
 
 
 class Progress:
@@ -59,25 +59,25 @@ class Progress:
         if self.task is None:
             return
         rate = (done - self.first) / max(time.perf_counter() - self.t0, 1e-9)
-        text = f"{rate:.2f}/s" + (f", {note}" if note else "")
+        text = f"{rate:.2f}/s" + (f", {plain(note)}" if note else "")
         self.bar.update(self.task, completed=done, note=text)
 
     def status(self, text: str) -> None:
         """Say what is happening before the bar starts (an ONNX export), or in its note."""
         if self.task is not None:
-            self.bar.update(self.task, note=text)
+            self.bar.update(self.task, note=plain(text))
         elif self.enabled:
-            console().print(f"[dim]{text}[/]", soft_wrap=True)
+            console().print(f"[dim]{plain(text)}[/]", soft_wrap=True)
 
     def note(self, text: str) -> None:
         """Say what is happening now (e.g. an export before the first frame)."""
         if self.task is not None:
-            self.bar.update(self.task, note=text)
+            self.bar.update(self.task, note=plain(text))
 
     def item(self, text: str) -> None:
         """Say which item (a batch's video) the units now come from."""
         if self.task is not None:
-            self.bar.update(self.task, item=text)
+            self.bar.update(self.task, item=plain(text))
 
     def set_total(self, total: int | None) -> None:
         """Correct the total (an item turned out longer or shorter than estimated)."""
@@ -98,4 +98,4 @@ class Progress:
 def done(message: str, quiet: bool = False) -> None:
     """The closing line of a command: ``done: ...`` on stderr."""
     if not quiet:
-        console().print(f"[green]done:[/] {message}", soft_wrap=True)
+        console().print(f"[green]done:[/] {plain(message)}", soft_wrap=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from ovseg_cli.cli.common import console, friendly_errors
+from ovseg_cli.cli.common import console, friendly_errors, plain
 from ovseg_cli.cli.progress import Progress, done
 
 
@@ -78,7 +78,7 @@ def train_command(
         name = signal.Signals(result.signal or signal.SIGINT).name
         console().print(
             f"[yellow]stopped by {name}:[/] checkpoint at step {result.steps} in "
-            f"{result.run_dir}; go on with --resume"
+            f"{plain(result.run_dir)}; go on with --resume"
         )
         raise typer.Exit(128 + (result.signal or signal.SIGINT))  # `train && eval` stops here
     done(f"{result.steps} steps in {result.seconds:.0f} s{best} -> {result.run_dir}", quiet)

@@ -10,9 +10,10 @@
   for colour masks a black background line (CVAT's, first) is not a class;
 - **a CVAT "Segmentation mask 1.1" zip**: its labelmap.txt and colour masks
   ``SegmentationClass/frame_NNNNNN.png`` (CVAT's frame numbers), read from the zip;
-- **a COCO json**: ``categories`` in list order are the classes; an image's frame is its
-  ``frame_index``, else the last number in its file name; RLE or polygons; pixels in no
-  annotation are unlabelled and, where annotations overlap, the later one wins.
+- **a COCO json** (``ovseg_cli.propagate.coco_labels``): ``categories`` in list order are
+  the classes; an image's frame is its ``frame_index``, else the last number in its file
+  name; RLE or polygons (an annotation without either, a box alone, labels nothing); pixels
+  in no annotation are unlabelled and, where annotations overlap, the later one wins.
 
 A classes file, when given, decides the classes: masks come out in its order and colours,
 the labels' classes matched to its lines by name (without a labelmap, index masks use its
@@ -38,9 +39,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from ovseg_cli.classes import RGB, UNLABELLED, colors_for, default_color, read_classes_file
+from ovseg_cli.classes import RGB, UNLABELLED, colors_for, read_classes_file
 from ovseg_cli.errors import OvsegError, did_you_mean
 from ovseg_cli.exports.cvat import parse_labelmap
 
@@ -48,6 +49,7 @@ FORMATS = "a folder of PNG masks, a CVAT 'Segmentation mask 1.1' zip or a COCO j
 CVAT = "CVAT Segmentation mask 1.1 zip"
 NO_NAMES = "no class names: put labelmap.txt beside the masks or pass --classes-file"
 _FRAME_PNG = re.compile(r"^(?:frame_)?(\d+)\.png$", re.IGNORECASE)
+MAX_MEMBER = 256 << 20  # bytes a zipped mask may unpack to: far above any frame's PNG
 _BAD = (OSError, ValueError, EOFError, SyntaxError, RuntimeError, zipfile.BadZipFile, zlib.error)
 Labels = list[tuple[str, RGB]]  # (name, colour) of each class of a source, in its order
 
@@ -138,7 +140,8 @@ def _image(src: Path | BinaryIO, where: str, *, decode: bool, colour: bool = Fal
                 raise OvsegError(f"{where}: a {img.mode} image; masks are P, L, RGB or RGBA")
             return img
     except (*_BAD, Image.DecompressionBombError) as e:
-        raise OvsegError(f"{where}: not a readable image ({e})") from None
+        why = "no image format PIL knows" if isinstance(e, UnidentifiedImageError) else e
+        raise OvsegError(f"{where}: not a readable image ({why})") from None
 
 
 def _text(read: Callable[[], bytes], where: str) -> str:
@@ -202,6 +205,9 @@ class _PngSource:
     def _file(self, index: int) -> Path | BinaryIO:
         if self.zf is None:
             return self.frames[index]
+        size = self.zf.getinfo(self.frames[index]).file_size  # what reading it would hold
+        if size > MAX_MEMBER:
+            raise OvsegError(f"{self.names[index]}: unpacks to {size >> 20} MiB: not a mask")
         try:
             return io.BytesIO(self.zf.read(self.frames[index]))
         except _BAD as e:
@@ -222,52 +228,6 @@ class _PngSource:
             self.zf.close()
 
 
-class _CocoSource:
-    """COCO images by frame index, their annotations rasterised with pycocotools."""
-
-    def __init__(self, path: Path, images: dict[int, dict], anns: dict, categories: dict) -> None:
-        self.frames, self.anns, self.categories = images, anns, categories
-        self.names = {i: f"{path}: image {im.get('file_name', '')!r}" for i, im in images.items()}
-
-    def image(self, index: int) -> Image.Image:
-        from pycocotools import mask as coco_mask  # a C extension: loaded only when needed
-
-        image = self.frames[index]
-        h, w = image["height"], image["width"]
-        out = np.full((h, w), UNLABELLED, np.uint8)
-        for ann in self.anns.get(image["id"], []):  # in file order: the later one wins
-            seg = ann.get("segmentation")
-            try:
-                if isinstance(seg, dict) and list(seg.get("size", ())) != [h, w]:
-                    raise ValueError(f"RLE size {seg.get('size')} is not the image's {[h, w]}")
-                if isinstance(seg, dict) and isinstance(seg.get("counts"), list):
-                    rle = coco_mask.frPyObjects(seg, h, w)
-                elif isinstance(seg, dict) and isinstance(seg.get("counts"), str):
-                    rle = seg
-                elif isinstance(seg, list):
-                    # pycocotools reads 4 numbers as a box; under 3 points there is no area
-                    polygons = [p for p in seg if len(p) >= 6]
-                    if not polygons:
-                        continue
-                    rle = coco_mask.merge(coco_mask.frPyObjects(polygons, h, w))
-                else:
-                    raise ValueError("neither RLE nor polygons")
-                pixels = coco_mask.decode(rle).astype(bool)
-            except (ValueError, TypeError, OverflowError, KeyError) as e:
-                raise OvsegError(f"{self.names[index]}: annotation {ann.get('id')}: {e}") from None
-            out[pixels] = self.categories[ann["category_id"]]
-        return Image.fromarray(out)
-
-    def size(self, index: int) -> tuple[int, int]:
-        return self.frames[index]["width"], self.frames[index]["height"]
-
-    def labelled(self, index: int, lookup: _Lookup) -> bool:
-        return bool(self.anns.get(self.frames[index]["id"]))
-
-    def close(self) -> None:
-        pass
-
-
 @dataclass
 class LabelSet:
     """Sparse labels of one video: class names and colours, and masks of some frames."""
@@ -277,7 +237,7 @@ class LabelSet:
     frames: list[int]  # the labelled frames (0 = the video's first), ascending, unique
     source: str  # the format read, for meta.json
     path: Path  # the SRC given
-    _source: _PngSource | _CocoSource = field(repr=False, compare=False)
+    _source: Any = field(repr=False, compare=False)  # a _PngSource or a coco_labels.CocoSource
     _lookup: _Lookup = field(repr=False, compare=False)
     _size: tuple[int, int] = field(default=(0, 0), repr=False, compare=False)
 
@@ -319,9 +279,7 @@ def _same_size(where: str, size: tuple[int, int], first: tuple[int, int]) -> Non
         )
 
 
-def _finish(
-    path: Path, source: str, src: _PngSource | _CocoSource, classes: tuple, empty_frames: bool
-) -> LabelSet:
+def _finish(path: Path, source: str, src: Any, classes: tuple, empty_frames: bool) -> LabelSet:
     """The LabelSet of these masks less the empty ones, every mask's size checked."""
     names, colors, lookup = classes
     try:
@@ -344,7 +302,11 @@ def _read_folder(path: Path, classes_file: Any, empty_frames: bool) -> LabelSet:
     folder = path
     if not any(_FRAME_PNG.match(p.name) for p in path.iterdir()) and (path / "masks").is_dir():
         folder = path / "masks"  # an ovseg run folder
-    files = [(p.name, p) for p in sorted(folder.iterdir()) if p.is_file()]
+    entries = sorted(folder.iterdir())
+    for p in entries:  # a mask's name on a broken link or a pipe: an error, not a skipped frame
+        if _FRAME_PNG.match(p.name) and not p.is_file():
+            raise OvsegError(f"{p}: not a readable file (a broken link, a folder or a pipe)")
+    files = [(p.name, p) for p in entries if p.is_file()]
     frames = _by_frame(files, str(folder), strict=False)
     if not frames:
         raise OvsegError(f"{folder}: no masks in it (000123.png or frame_000123.png files)")
@@ -361,13 +323,18 @@ def _read_folder(path: Path, classes_file: Any, empty_frames: bool) -> LabelSet:
     return _finish(path, "mask folder", _PngSource(frames), classes, empty_frames)
 
 
+def _mac_extra(member: str) -> bool:
+    """A file macOS adds when it zips a folder (resource forks): no part of an export."""
+    return member.startswith("__MACOSX/") or member.rsplit("/", 1)[-1].startswith("._")
+
+
 def _read_cvat(path: Path, classes_file: Any, empty_frames: bool) -> LabelSet:
     try:
         zf = zipfile.ZipFile(path)
     except _BAD as e:
         raise OvsegError(f"{path}: not a {CVAT} ({e})") from None
     try:
-        members = [m for m in zf.namelist() if not m.endswith("/")]
+        members = [m for m in zf.namelist() if not (m.endswith("/") or _mac_extra(m))]
         tops = {m.split("/", 1)[0] + "/" for m in members}
         # some exports pack everything in one folder
         prefix = "" if "labelmap.txt" in members else tops.pop() if len(tops) == 1 else ""
@@ -387,52 +354,11 @@ def _read_cvat(path: Path, classes_file: Any, empty_frames: bool) -> LabelSet:
     return _finish(path, CVAT, _PngSource(masks, zf), classes, empty_frames)
 
 
-def _int(obj: Any, key: str, where: str) -> int:
-    value = obj.get(key) if isinstance(obj, dict) else None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise OvsegError(f"{where}: {key!r} is {value!r}, not a whole number")
-    return value
-
-
 def _read_coco(path: Path, data: dict, classes_file: Any, empty_frames: bool) -> LabelSet:
-    cats = data.get("categories")
-    if not isinstance(cats, list) or not all(isinstance(c, dict) for c in cats):
-        raise OvsegError(f"{path}: 'categories' is not a list of categories")
-    ids: dict[int, int] = {}
-    for i, c in enumerate(cats):
-        if _int(c, "id", f"{path}: category {i + 1}") in ids or not isinstance(c.get("name"), str):
-            raise OvsegError(f"{path}: category id {c['id']} is given twice or has no name")
-        ids[c["id"]] = i
-    labels = [(" ".join(c["name"].split()), default_color(i)) for i, c in enumerate(cats)]
+    from ovseg_cli.propagate.coco_labels import read_coco
+
+    labels, source = read_coco(path, data)
     classes = _classes(labels, classes_file, str(path), colour=False)
-
-    images: dict[int, dict] = {}
-    image_ids: set[int] = set()
-    for image in data["images"]:
-        where = f"{path}: image {image.get('file_name') if isinstance(image, dict) else image!r}"
-        image_id, _, _ = (_int(image, k, where) for k in ("id", "width", "height"))
-        stem = re.split(r"[\\/]", str(image.get("file_name", "")))[-1].rsplit(".", 1)[0]
-        if "frame_index" in image:
-            index = _int(image, "frame_index", where)
-        elif re.search(r"\d", stem):
-            index = int(re.findall(r"\d+", stem)[-1])
-        else:
-            raise OvsegError(f"{where}: cannot tell its frame (no frame_index, no number)")
-        if index in images or image_id in image_ids:
-            raise OvsegError(f"{where}: its frame {index} or id {image_id} is another image's")
-        images[index] = image
-        image_ids.add(image_id)
-    if not images:
-        raise OvsegError(f"{path}: no images")
-
-    anns: dict[int, list] = {}
-    for ann in data["annotations"]:
-        a = ann if isinstance(ann, dict) else {}
-        for key, known in (("image_id", image_ids), ("category_id", ids)):
-            if a.get(key) not in known:
-                raise OvsegError(f"{path}: annotation {a.get('id')}: unknown {key} {a.get(key)!r}")
-        anns.setdefault(a["image_id"], []).append(a)
-    source = _CocoSource(path, images, anns, ids)
     return _finish(path, "COCO json", source, classes, empty_frames)
 
 
@@ -457,6 +383,8 @@ def read_labels(
             data = json.loads(_text(path.read_bytes, str(path)))
         except json.JSONDecodeError as e:
             raise OvsegError(f"{path}: invalid JSON ({e.msg}, line {e.lineno})") from None
+        except RecursionError:
+            raise OvsegError(f"{path}: JSON nested too deeply to be labels") from None
         if all(isinstance(data.get(k), list) for k in ("images", "annotations")):
             return _read_coco(path, data, classes_file, empty_frames)
     raise OvsegError(f"{path}: not sparse labels ovseg can read; give {FORMATS}")
