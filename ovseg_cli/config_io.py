@@ -8,6 +8,7 @@ resolved values that every run and checkpoint keeps.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -94,15 +95,38 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], *, source: str, prefix: 
     return cls(**values)
 
 
+@functools.cache
+def _unique_key_loader() -> type:
+    """YAML's safe loader, refusing a key given twice in a mapping (it would keep the last)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            seen: list[Any] = []
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    line = key_node.start_mark.line + 1
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"{key!r} is given twice (line {line})", key_node.start_mark
+                    )
+                seen.append(key)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping from a file, with one-line errors."""
     import yaml
 
     p = Path(path)
+    if p.is_dir():
+        raise OvsegError(f"{p} is a folder, not a config file")
     if not p.is_file():
         raise OvsegError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_unique_key_loader())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise OvsegError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if data is None:

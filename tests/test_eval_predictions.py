@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -179,7 +180,9 @@ def test_keyframes_and_propagated_frames_apart(tmp_path: Path, prepared: Path) -
     assert report["mIoU"] == pytest.approx(np.mean(ious))
 
 
-def test_classes_matched_by_name_in_another_order(tmp_path: Path, prepared: Path) -> None:
+def test_classes_matched_by_name_in_another_order(
+    tmp_path: Path, prepared: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A labelmap.txt alone (no meta.json) in another order and spelling; its last black
     'background' line is no class (its value 255 unlabelled, here nowhere)."""
     theirs = ["Car", "SKY", "per_son", "Road"]
@@ -188,7 +191,14 @@ def test_classes_matched_by_name_in_another_order(tmp_path: Path, prepared: Path
     seg = tmp_path / "seg"
     _write(seg, [to_theirs[lab] for lab in _labels(prepared)], theirs, meta=False)
     assert (seg / "labelmap.txt").read_text().splitlines()[-1] == "background:0,0,0::"
-    report = _eval(prepared, tmp_path / "a", "--predictions", seg, "--split", "all")
+    caplog.set_level(logging.WARNING, logger="ovseg")  # conftest hides warnings
+    res = runner.invoke(app, ["eval", "--data", str(prepared), "-o", str(tmp_path / "a"),
+                              "--predictions", str(seg), "--split", "all"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "warning: 1 predicted class(es) not in the dataset count as misses: 'per_son'" in (
+        " ".join(res.output.split())
+    )
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert [c["iou"] for c in report["per_class"]] == [1.0, 0.0, 1.0, 1.0]  # per son: a miss
     assert report["predictions"]["unmatched_classes"] == ["per_son"]
     theirs[2] = "PERSON"

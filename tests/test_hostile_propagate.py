@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -194,3 +196,48 @@ def test_a_broken_link_named_as_a_mask_is_an_error(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "000006.png")
     with pytest.raises(OvsegError, match=r"000006\.png: not a readable file"):
         read_labels(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [(["propagate", "x.mp4"], "error: Missing option '--labels' / '-l'. (see 'ovseg propagate --help')"),
+     (["propagate", "x.mp4", "-l", "y", "--lables", "z"], "error: No such option: --lables"),
+     (["bogus"], "error: No such command 'bogus'. (see 'ovseg --help')")],
+)  # fmt: skip
+def test_usage_errors_are_one_line(args: list[str], expected: str) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "ovseg_cli", *args], capture_output=True,
+                          text=True, env=env, timeout=120, check=False)  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [proc.stderr.strip()], proc.stderr
+    assert proc.stderr.startswith(expected), proc.stderr
+
+
+def test_ctrl_c_while_the_cli_loads_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from ovseg_cli import cli
+    from ovseg_cli.cli import application as app_module
+
+    def interrupted() -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(app_module, "run", interrupted)
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 130
+    assert capsys.readouterr().err == "error: interrupted (SIGINT)\n"
+
+
+def test_config_keys_given_twice_or_unknown_are_named(tmp_path: Path, video: Path) -> None:
+    labels = _coco(tmp_path / "l.json", [_box(1), _box(2)])
+    config = tmp_path / "c.yaml"
+    config.write_text("propagate:\n  max_gap: 3\n  max_gap: 4\n")
+    res = _propagate(video, labels, tmp_path / "o", "--config", str(config))
+    assert "'max_gap' is given twice (line 3)" in one_line_error(res)
+    config.write_text("segment:\n  clipp: ViT-B-16\n")
+    res = _propagate(video, labels, tmp_path / "o", "--config", str(config))
+    message = one_line_error(res)
+    assert "unknown setting 'clipp'" in message and "--clipp" not in message
+    res = _propagate(video, labels, tmp_path / "o", "--config", str(tmp_path))
+    assert "is a folder, not a config file" in one_line_error(res)

@@ -1,60 +1,33 @@
 """The `ovseg` command line: one thin module per command, sharing ``common`` (errors and
-signals), ``options`` (options made from the config) and ``progress`` (bar and summary).
+signals), ``options`` (options made from the config) and ``progress`` (bar and summary);
+``application`` holds the Typer application.
 
 Everything heavy (torch, open_clip, PyAV) is imported inside the commands, so that
-``ovseg --help`` answers at once.
+``ovseg --help`` answers at once; this module imports nothing at all, so that Ctrl-C while
+the CLI itself loads still ends in one line.
 """
 
 from __future__ import annotations
 
 import sys
-
-import typer
-
-from ovseg_cli import __version__
-from ovseg_cli.cli.eval import eval_command
-from ovseg_cli.cli.models import models_command
-from ovseg_cli.cli.prep import prep_app
-from ovseg_cli.cli.propagate import propagate_command
-from ovseg_cli.cli.segment import segment_command
-from ovseg_cli.cli.train import train_command
-
-app = typer.Typer(
-    help="Label every pixel of a video with classes you name, including ones no model was trained on.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"ovseg {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
-    ),
-) -> None:
-    """ovseg: open-vocabulary video semantic segmentation."""
-
-
-app.command("segment")(segment_command)
-app.command("propagate")(propagate_command)
-app.command("models")(models_command)
-app.add_typer(prep_app, name="prep")
-app.command("train")(train_command)
-app.command("eval")(eval_command)
+from typing import Any
 
 
 def main() -> None:
     """Entry point of the `ovseg` console script."""
-    app(prog_name="ovseg")
+    try:
+        from ovseg_cli.cli.application import run
+
+        code = run()
+    except KeyboardInterrupt:  # before or after a command's own handling: nothing written
+        sys.stderr.write("error: interrupted (SIGINT)\n")
+        code = 130
+    sys.exit(code)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def __getattr__(name: str) -> Any:
+    if name == "app":  # ``from ovseg_cli.cli import app``: the Typer application
+        from ovseg_cli.cli.application import app
+
+        return app
+    raise AttributeError(f"module 'ovseg_cli.cli' has no attribute {name!r}")

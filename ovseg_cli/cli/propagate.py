@@ -64,10 +64,10 @@ def propagate_command(
         PropagateConfig, {**sections["propagate"], **(settings or {})}, source=source
     )
     model = {**sections["segment"], **(model_settings or {})}
+    seg = from_mapping(SegmentConfig, model, source=source)  # an unknown key: named first
     if model and cfg.fill != "model":
         given = ", ".join("--" + k.replace("_", "-") for k in model)
         raise OvsegError(f"{given}: model options apply only with --fill model")
-    seg = from_mapping(SegmentConfig, model, source=source)
     read = [config] if config is not None else []
     progress = Progress("propagate", enabled=not quiet)
     try:

@@ -39,6 +39,7 @@ those a person labelled); without that list every frame is a keyframe.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -147,8 +148,14 @@ def find_predictions(
         layout = "one folder per video"
     found = [_video_predictions(video, folder, index, classes) for video, folder in pairs]
     known = {name_key(c) for c in index.classes}
-    unmatched = [n for vp in found for n in vp.names if name_key(n) not in known]
-    return Predictions(root, layout, found, list(dict.fromkeys(unmatched)))
+    unmatched = list(dict.fromkeys(n for vp in found for n in vp.names if name_key(n) not in known))
+    if unmatched:  # scored as misses: a renamed class would otherwise lower mIoU unseen
+        shown = ", ".join(repr(n) for n in unmatched[:5]) + (" ..." if len(unmatched) > 5 else "")
+        logging.getLogger("ovseg").warning(
+            f"{len(unmatched)} predicted class(es) not in the dataset count as misses: {shown} "
+            f"(dataset classes: {', '.join(index.classes)})"
+        )
+    return Predictions(root, layout, found, unmatched)
 
 
 def _has_png(folder: Path) -> bool:
