@@ -65,6 +65,12 @@ class Prefetcher(Generic[T]):
         except BaseException as exc:  # re-raised in the consumer's thread
             self._error = exc
         finally:
+            close = getattr(self._source, "close", None)
+            if close is not None:  # a generator stopped early: its finally releases its pools
+                try:
+                    close()
+                except BaseException as exc:
+                    self._error = self._error or exc
             self._put(_DONE)
 
     def __iter__(self) -> Iterator[T]:

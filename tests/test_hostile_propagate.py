@@ -196,6 +196,8 @@ def test_a_broken_link_named_as_a_mask_is_an_error(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "000006.png")
     with pytest.raises(OvsegError, match=r"000006\.png: not a readable file"):
         read_labels(tmp_path)
+    with pytest.raises(OvsegError, match=r"000006\.png: not a file or a folder"):
+        read_labels(tmp_path / "000006.png")  # given as the labels: refused, never opened
 
 
 @pytest.mark.parametrize(

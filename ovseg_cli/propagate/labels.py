@@ -372,6 +372,8 @@ def read_labels(
     try:
         if path.is_dir():
             return _read_folder(path, classes_file, empty_frames)
+        if not path.is_file():  # a pipe or a device would block or never end
+            raise OvsegError(f"{path}: not a file or a folder")
         with path.open("rb") as f:
             head = f.read(64)
     except OSError as e:

@@ -170,8 +170,9 @@ class SegmentationStream(ResultStream):
         pool = ThreadPoolExecutor(self.prepare_workers, thread_name_prefix="ovseg-prepare")
         try:
             yield from self._planned(lambda rgb: pool.submit(self.model.prepare, rgb, self.size))
-        finally:  # nothing cancelled: frames already planned still wait for their input
-            pool.shutdown(wait=False)
+        finally:  # nothing cancelled: frames already planned still wait for their input;
+            # the threads end with the reader (a few resizes at most), none outlives the stream
+            pool.shutdown(wait=True)
 
     def _planned(self, prepare: Callable[[np.ndarray], Future[torch.Tensor]]) -> Iterator[_Planned]:
         settings = self.settings
