@@ -6,7 +6,8 @@ folder ovseg writes holds a marker file (``.ovseg-output.json``: the kind of out
 version, and the writer's pid and host). ``--overwrite`` replaces only a folder with that
 marker, of the same kind, that holds none of the run's inputs, and never the current
 folder, a filesystem root or the home folder; an existing folder is only replaced by a
-complete new one.
+complete new one. No output goes inside an input folder (a raw or prepared dataset, a
+labels folder), where it would mix with the input and go when that folder is replaced.
 
 A run killed with SIGKILL cannot clean up; the next run for the same destination removes
 the partial folders whose writer (same host, pid no longer running) is gone.
@@ -104,7 +105,8 @@ def _real(path: Path) -> Path:
 def check_location(
     out: str | Path, inputs: Iterable[str | Path | None] = (), option: str = "--out"
 ) -> Path:
-    """The absolute output path; OvsegError if empty, a root, home, the cwd or holding an input."""
+    """The absolute output path; OvsegError if empty, a root, home, the cwd, holding an input
+    or inside an input folder (a later run replacing that folder would take it along)."""
     if not str(out).strip():
         raise OvsegError(f"{option} is empty: give the output folder")
     final = Path(out).expanduser().absolute()
@@ -121,6 +123,11 @@ def check_location(
         if _within(src, real):
             what = "is" if src == real else "holds"
             raise OvsegError(f"{option} {final} {what} an input of this run ({src}); name another")
+        if src.is_dir() and _within(real, src):  # a dataset, a labels folder: not ours to fill
+            raise OvsegError(
+                f"{option} {final} lies inside an input folder of this run ({src}); "
+                "name a folder outside it"
+            )
     return final
 
 

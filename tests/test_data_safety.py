@@ -127,8 +127,16 @@ def test_prep_and_eval_refuse_the_dataset_as_output(tmp_path: Path, tiny_weights
     for out in (prepared, tmp_path):  # `ovseg eval --data prepared --out prepared --overwrite`
         res = _run(*ev, "--out", out, "--overwrite")
         assert res.exit_code == 2 and "an input of this run" in res.output, res.output
-    res = _run(*ev, "--out", src / "report", "--overwrite")  # the prepared images' source
-    assert res.exit_code == 0, res.output  # a new folder inside the source is fine
+    # inside the prepared images' source: a later prep of that folder would read the report
+    # as data (a folder dataset takes every subfolder for a video), so it is refused too
+    res = _run(*ev, "--out", src / "report", "--overwrite")
+    assert res.exit_code == 2 and "lies inside an input folder" in res.output, res.output
+    res = _run(*ev, "--out", prepared / "report")  # inside the prepared dataset: the same
+    assert res.exit_code == 2 and "lies inside an input folder" in res.output, res.output
+    res = _run("prep", "camvid", src, "--out", src / "prepared", "-q")
+    assert res.exit_code == 2 and "lies inside an input folder" in res.output, res.output
+    res = _run("train", "--data", prepared, "--out", prepared / "run", *_tiny(tiny_weights), "-q")
+    assert res.exit_code == 2 and "lies inside an input folder" in res.output, res.output
     res = _run(*ev, "--out", tmp_path / "ds", "--overwrite")  # one holding it is not
     assert res.exit_code == 2 and "holds an input" in res.output
     assert _digests(prepared) == before

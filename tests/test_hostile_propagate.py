@@ -243,3 +243,12 @@ def test_config_keys_given_twice_or_unknown_are_named(tmp_path: Path, video: Pat
     assert "unknown setting 'clipp'" in message and "--clipp" not in message
     res = _propagate(video, labels, tmp_path / "o", "--config", str(tmp_path))
     assert "is a folder, not a config file" in one_line_error(res)
+
+
+def test_output_inside_the_labels_folder_is_refused(tmp_path: Path, video: Path) -> None:
+    (tmp_path / "m").mkdir()
+    save_png(tmp_path / "m" / "000000.png", random_masks(1, (H, W))[0], PALETTE)
+    (tmp_path / "m" / "labelmap.txt").write_text(labelmap_text(NAMES, COLORS))
+    res = _propagate(video, tmp_path / "m", tmp_path / "m" / "out")
+    assert "lies inside an input folder" in one_line_error(res)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["000000.png", "labelmap.txt"]
