@@ -36,12 +36,15 @@ def coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
         is_none = value is None or (isinstance(value, str) and value.lower() in empty)
         if is_none and type(None) in args:
             return None
-        for kind in inner[:-1]:  # int | str: "4" is 4, "auto" stays text
+        if len(inner) == 1:
+            return coerce(value, inner[0], key, source)
+        for kind in inner:  # int | str: "4" is 4, "auto" stays text
             try:
                 return coerce(value, kind, key, source)
             except OvsegError:
                 continue
-        return coerce(value, inner[-1], key, source)
+        names = " or ".join(getattr(kind, "__name__", str(kind)) for kind in inner)
+        raise OvsegError(f"{source}: {key} must be {names}, not {value!r}")
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, Mapping):
             raise OvsegError(f"{source}: {key} must be a mapping of settings")

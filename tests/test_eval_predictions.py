@@ -195,9 +195,9 @@ def test_classes_matched_by_name_in_another_order(
     res = runner.invoke(app, ["eval", "--data", str(prepared), "-o", str(tmp_path / "a"),
                               "--predictions", str(seg), "--split", "all"])  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert "warning: 1 predicted class(es) not in the dataset count as misses: 'per_son'" in (
-        " ".join(res.output.split())
-    )
+    said = " ".join(res.output.split())
+    assert "warning: 1 predicted class(es) not in the dataset count as misses: 'per_son'" in said
+    assert "1 evaluated class(es) are no class of the predictions and score 0: 'person'" in said
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert [c["iou"] for c in report["per_class"]] == [1.0, 0.0, 1.0, 1.0]  # per son: a miss
     assert report["predictions"]["unmatched_classes"] == ["per_son"]
@@ -396,3 +396,17 @@ def test_torchrun_two_processes_score_as_one(tmp_path: Path, shapes: Path) -> No
     assert two["vc"] == {k: pytest.approx(v, rel=1e-12) for k, v in one["vc"].items()}
     examples = sorted(p.name for p in (tmp_path / "two" / "examples").iterdir())
     assert examples == sorted(p.name for p in (tmp_path / "one" / "examples").iterdir())
+
+
+def test_masks_of_another_video_are_scored_with_a_warning(
+    tmp_path: Path, prepared: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One video evaluated and a meta.json naming a video the dataset does not have: scored
+    as that one video (it may be a re-encode), and said so."""
+    seg = _write(tmp_path / "seg", _labels(prepared), CLASSES, video="vtest.avi")
+    caplog.set_level(logging.WARNING, logger="ovseg")
+    res = runner.invoke(app, ["eval", "--data", str(prepared), "-o", str(tmp_path / "a"),
+                              "--predictions", str(seg)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert "its meta.json's input is 'vtest.avi', no video of the dataset; scored as 'ride'" in said

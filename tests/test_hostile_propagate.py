@@ -204,7 +204,8 @@ def test_a_broken_link_named_as_a_mask_is_an_error(tmp_path: Path) -> None:
     ("args", "expected"),
     [(["propagate", "x.mp4"], "error: Missing option '--labels' / '-l'. (see 'ovseg propagate --help')"),
      (["propagate", "x.mp4", "-l", "y", "--lables", "z"], "error: No such option: --lables"),
-     (["bogus"], "error: No such command 'bogus'. (see 'ovseg --help')")],
+     (["bogus"], "error: No such command 'bogus'. (see 'ovseg --help')"),
+     (["segment", "x.mp4", "--out"], "error: Option '--out' requires an argument. (see 'ovseg segment --help')")],
 )  # fmt: skip
 def test_usage_errors_are_one_line(args: list[str], expected: str) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -252,3 +253,48 @@ def test_output_inside_the_labels_folder_is_refused(tmp_path: Path, video: Path)
     res = _propagate(video, tmp_path / "m", tmp_path / "m" / "out")
     assert "lies inside an input folder" in one_line_error(res)
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["000000.png", "labelmap.txt"]
+
+
+def test_messages_name_what_was_wrong(tmp_path: Path, tiny_weights: Path) -> None:
+    """A text file given as weights is no weights file (not a dangerous pickle); a list for a
+    number-or-text setting names both types."""
+    from ovseg_cli.config import SegmentConfig
+    from ovseg_cli.config_io import from_mapping
+    from ovseg_cli.segment.loading import load_model
+
+    text = tmp_path / "weights.pt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(OvsegError, match="it is no weights file"):
+        load_model(SegmentConfig(clip="ovseg-tiny", pretrained=str(text)))
+    with pytest.raises(OvsegError, match=r"keyframe_interval must be int or str, not \[1, 2\]"):
+        from_mapping(SegmentConfig, {"keyframe_interval": [1, 2]}, source="c.yaml")
+
+
+def test_training_loader_takes_no_more_workers_than_cores(monkeypatch) -> None:
+    from ovseg_cli import threads
+    from ovseg_cli.train.config import TrainConfig
+    from ovseg_cli.train.data import loader_workers
+
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    cfg = TrainConfig()
+    assert cfg.data.workers == 4 and loader_workers(cfg) == 2
+
+
+def test_the_bar_of_an_interrupted_run_stays_where_it_stopped() -> None:
+    from ovseg_cli.cli.progress import Progress
+
+    def run(bar: Progress, fail: bool) -> None:
+        try:  # as the commands do: the bar stops in a finally
+            bar.start(240)
+            bar.advance(84)
+            if fail:
+                raise KeyboardInterrupt
+        finally:
+            bar.stop()
+
+    done, interrupted = Progress("segment"), Progress("segment")
+    run(done, fail=False)
+    with pytest.raises(KeyboardInterrupt):
+        run(interrupted, fail=True)
+    assert done.bar.tasks[0].total == 84  # a container's count was an estimate: ends full
+    assert interrupted.bar.tasks[0].total == 240  # 84 of 240, not "84/84"

@@ -4,6 +4,8 @@ usage errors into one line.
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from ovseg_cli import __version__
@@ -47,6 +49,15 @@ app.command("train")(train_command)
 app.command("eval")(eval_command)
 
 
+def _command_path(args: list[str] | None) -> str:
+    """``ovseg COMMAND`` of a command line the parser gave up on before naming a context."""
+    import typer
+
+    words = [a for a in (sys.argv[1:] if args is None else args) if not a.startswith("-")]
+    commands = getattr(typer.main.get_command(app), "commands", {})
+    return f"ovseg {words[0]}" if words and words[0] in commands else "ovseg"
+
+
 def run(args: list[str] | None = None) -> int:
     """Run the command line; the exit code. A usage error (a missing or unknown option, a
     bad value) is one ``error:`` line naming the --help to read, exit code 2."""
@@ -61,8 +72,8 @@ def run(args: list[str] | None = None) -> int:
         if type(e).__name__ == "NoArgsIsHelpError":  # click >= 8.2: `ovseg` alone
             e.show()
             return e.exit_code
-        where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
-        error(" ".join(e.format_message().split()) + where)
+        path = e.ctx.command_path if e.ctx is not None else _command_path(args)
+        error(" ".join(e.format_message().split()) + f" (see '{path} --help')")
         return e.exit_code
     except click.ClickException as e:
         error(" ".join(e.format_message().split()))

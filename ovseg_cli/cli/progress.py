@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -85,11 +86,13 @@ class Progress:
             self.bar.update(self.task, total=total)
 
     def stop(self) -> None:
-        """End the bar at 100% of what was done (estimates can be off)."""
+        """End the bar: at 100% of what was done when the work ended (estimates can be off),
+        where it stood when it failed or was interrupted (called from a ``finally``)."""
         if self.task is None:
             return  # never started: stopping would print an empty line
         total = self.bar.tasks[0].total
-        if total is not None and self.done != total and self.estimated:
+        failed = sys.exc_info()[0] is not None
+        if total is not None and self.done != total and self.estimated and not failed:
             self.bar.update(self.task, total=self.done)
         self.bar.stop()
         self.task = None

@@ -78,7 +78,8 @@ def train_command(
         name = signal.Signals(result.signal or signal.SIGINT).name
         console().print(
             f"[yellow]stopped by {name}:[/] checkpoint at step {result.steps} in "
-            f"{plain(result.run_dir)}; go on with --resume"
+            f"{plain(result.run_dir)}; go on with --resume",
+            soft_wrap=True,
         )
         raise typer.Exit(128 + (result.signal or signal.SIGINT))  # `train && eval` stops here
     done(f"{result.steps} steps in {result.seconds:.0f} s{best} -> {result.run_dir}", quiet)

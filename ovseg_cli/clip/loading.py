@@ -174,11 +174,13 @@ def _create_random(arch: str, seed: int = 0, **kwargs: Any) -> Any:
         return _create(arch, **kwargs)
 
 
-def _load_failure(exc: Exception) -> str:
+def _load_failure(exc: Exception, path: Path) -> str:
     """Why a weights file did not load, as one whole clause (never cut mid-sentence)."""
     import pickle
 
     text = str(exc).strip()
+    if isinstance(exc, pickle.UnpicklingError) and not _pickle_like(path):
+        return "it is no weights file (neither safetensors nor a PyTorch checkpoint)"
     if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
         return (
             "it is a pickle file holding code or objects besides tensors, which ovseg never "
@@ -195,6 +197,16 @@ def _load_failure(exc: Exception) -> str:
     return f"{type(exc).__name__}: {first if len(first) <= 160 else first[:157] + '...'}"
 
 
+def _pickle_like(path: Path) -> bool:
+    """Whether a file starts as a pickle (protocol 2 or later) or a torch zip does."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError:
+        return True  # say nothing more than the loader did
+    return head[:1] == b"\x80" or head == b"PK\x03\x04"
+
+
 def _load_file(arch: str, path: Path, **kwargs: Any) -> Any:
     """Build ``arch`` and load a local weights file into it, refusing anything else."""
     try:
@@ -203,7 +215,7 @@ def _load_file(arch: str, path: Path, **kwargs: Any) -> Any:
             return _create(arch, pretrained=str(path), **kwargs)
     except Exception as exc:
         raise OvsegError(
-            f"{path} is not a CLIP checkpoint for {arch}: {_load_failure(exc)}"
+            f"{path} is not a CLIP checkpoint for {arch}: {_load_failure(exc, path)}"
         ) from None
 
 

@@ -149,6 +149,14 @@ def find_predictions(
     found = [_video_predictions(video, folder, index, classes) for video, folder in pairs]
     known = {name_key(c) for c in index.classes}
     unmatched = list(dict.fromkeys(n for vp in found for n in vp.names if name_key(n) not in known))
+    predicted = {name_key(n) for vp in found for n in vp.names}
+    absent = [index.classes[c] for c in classes if name_key(index.classes[c]) not in predicted]
+    if absent:  # no mask can hold them: IoU 0, whatever the masks are
+        shown = ", ".join(repr(n) for n in absent[:5]) + (" ..." if len(absent) > 5 else "")
+        logging.getLogger("ovseg").warning(
+            f"{len(absent)} evaluated class(es) are no class of the predictions and score 0: "
+            f"{shown}"
+        )
     if unmatched:  # scored as misses: a renamed class would otherwise lower mIoU unseen
         shown = ", ".join(repr(n) for n in unmatched[:5]) + (" ..." if len(unmatched) > 5 else "")
         logging.getLogger("ovseg").warning(
@@ -234,6 +242,11 @@ def _which_video(
     if own in by_name:
         return by_name[own]
     if len(videos) == 1:
+        if isinstance(source, str) and source:  # made from another video, maybe: say so
+            logging.getLogger("ovseg").warning(
+                f"--predictions {root}: {reason}, no video of the dataset; scored as "
+                f"{videos[0].name!r}, the one video evaluated"
+            )
         return videos[0]
     split = videos[0].split if videos else "evaluated"
     raise OvsegError(

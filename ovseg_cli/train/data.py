@@ -58,6 +58,14 @@ def _quiet_worker(_: int) -> None:
             signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
+def loader_workers(cfg: TrainConfig) -> int:
+    """DataLoader processes: ``data.workers``, at most one per usable core (more only wait, and
+    torch warns). The clips do not depend on it: their randomness comes from (seed, epoch, i)."""
+    from ovseg_cli.threads import usable_cores
+
+    return min(cfg.data.workers, usable_cores())
+
+
 def training_loader(
     index: PreparedIndex, cfg: TrainConfig, rank: int, world: int
 ) -> tuple[ClipDataset, ResumableSampler, DataLoader]:
@@ -72,15 +80,16 @@ def training_loader(
         seed=cfg.run.seed,
     )  # fmt: skip
     sampler = ResumableSampler(len(dataset), d.batch, rank, world, cfg.run.seed)
+    workers = loader_workers(cfg)
     loader = DataLoader(
         dataset,
         batch_size=d.batch,
         sampler=sampler,
         drop_last=True,
-        num_workers=d.workers,
-        persistent_workers=d.workers > 0,
+        num_workers=workers,
+        persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(),
-        worker_init_fn=_quiet_worker if d.workers > 0 else None,
-        prefetch_factor=4 if d.workers > 0 else None,
+        worker_init_fn=_quiet_worker if workers > 0 else None,
+        prefetch_factor=4 if workers > 0 else None,
     )
     return dataset, sampler, loader

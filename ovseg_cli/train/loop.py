@@ -151,7 +151,7 @@ def train(
     from ovseg_cli.datasets.index import check_files, load_index
     from ovseg_cli.evaluation.protocol import class_specs
     from ovseg_cli.model.ov2vss import OV2VSS
-    from ovseg_cli.train.data import training_loader
+    from ovseg_cli.train.data import loader_workers, training_loader
 
     index = load_index(data)
     run = RunDir(
@@ -166,10 +166,10 @@ def train(
     ctx = dist.setup(cfg.run.device)
     say = on_message if (on_message and ctx.main) else (lambda _msg: None)
     try:
-        if ctx.device.type == "cpu" and cfg.data.workers:
+        if ctx.device.type == "cpu" and loader_workers(cfg):
             # loader processes need cores too; oversubscribed OpenMP threads spin and stall
             cores = usable_cores()
-            torch.set_num_threads(max(1, cores // ctx.world - cfg.data.workers))
+            torch.set_num_threads(max(1, cores // ctx.world - loader_workers(cfg)))
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed % 2**32)
         clip = load_clip(cfg.model.clip, cfg.model.pretrained, device=str(ctx.device))
