@@ -298,3 +298,27 @@ def test_the_bar_of_an_interrupted_run_stays_where_it_stopped() -> None:
         run(interrupted, fail=True)
     assert done.bar.tasks[0].total == 84  # a container's count was an estimate: ends full
     assert interrupted.bar.tasks[0].total == 240  # 84 of 240, not "84/84"
+
+
+def test_a_size_change_mid_stream_is_said_and_no_truncation(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two encodes of another size back to back in one MPEG-TS (as a stream switching
+    quality writes): every frame comes at the first size, with one warning, all 30 read."""
+    import logging
+
+    from ovseg_cli.video.reader import VideoReader
+
+    first = make_video(tmp_path / "a.ts", frames=15, size=(64, 48), rate=25)
+    second = make_video(tmp_path / "b.ts", frames=15, size=(32, 24), rate=25,
+                        pts=[15 + i for i in range(15)])  # fmt: skip
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    caplog.set_level(logging.WARNING, logger="ovseg")
+    with VideoReader(joined) as reader:
+        shapes = [f.rgb.shape for f in reader]
+        truncated = reader.truncated
+    assert len(shapes) == 30 and set(shapes) == {(48, 64, 3)} and not truncated
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("changes its frame size to 32x24 mid-stream" in m for m in said) == 1, said
+    assert not any("truncated" in m for m in said), said

@@ -262,6 +262,7 @@ class VideoReader:
         self.skipped = 0
         self.frames_decoded = 0
         self.truncated = False  # the video ended before its container said it would
+        self._resized = False  # a frame of another size was scaled (warned once)
         self._iterated = False
         self._last_ts: int | None = None
         p, probe_container = open_input(path)
@@ -317,6 +318,12 @@ class VideoReader:
 
     def _to_rgb(self, frame: Any) -> np.ndarray:
         size = self._coded_size or (frame.width, frame.height)
+        if (frame.width, frame.height) != size and not self._resized:
+            self._resized = True
+            log.warning(
+                "%s changes its frame size to %dx%d mid-stream; such frames are scaled to the "
+                "first size, %dx%d", self.info.path, frame.width, frame.height, *size,
+            )  # fmt: skip
         # Forcing the probed size keeps every frame the same shape if the stream changes size.
         rgb = frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
         if self.info.rotation:
@@ -357,8 +364,8 @@ class VideoReader:
     def _check_length(self, count: int) -> None:
         """Warn when the file ends well before its container said (a cut-off download, say)."""
         expected = self.frames_expected
-        if expected is None or expected - count <= max(1, expected // 100):
-            return  # within the rounding of a duration-based estimate
+        if expected is None or expected - count <= max(2, expected // 50):
+            return  # within what a duration-based estimate is off by (as propagate allows)
         self.truncated = True
         log.warning(
             "%s ended after %d of the %d frames its container announces (truncated file?); "
