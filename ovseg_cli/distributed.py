@@ -118,7 +118,11 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
-def teardown(ctx: DistContext) -> None:
-    """Leave the process group."""
+def teardown(ctx: DistContext, wait: bool = False) -> None:
+    """Leave the process group; with ``wait`` (the work ended well on this rank), once every
+    rank got there. A rank that left gloo's group alone while the others still finished their
+    part aborted now and then at exit ("terminate called without an active exception")."""
     if ctx.distributed and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()

@@ -79,6 +79,7 @@ def eval_command(
                            source=str(config or "command line"))  # fmt: skip
     # under torchrun: a share of the videos per rank (scoring written masks: on the CPU)
     ctx = dist.setup(seg_cfg.device if predictions is None else "cpu")
+    finished = False
     try:
         if ctx.distributed and ctx.device.type == "cuda":  # this rank's own GPU
             seg_cfg = dataclasses.replace(seg_cfg, device=str(ctx.device))
@@ -93,8 +94,9 @@ def eval_command(
             )  # fmt: skip
         finally:
             progress.stop()
+        finished = True
     finally:
-        dist.teardown(ctx)
+        dist.teardown(ctx, wait=finished)
     if not quiet:
         _print_report(run.report)
     result = run.result

@@ -164,6 +164,7 @@ def train(
     used = index.videos_in("train") + (index.videos_in("val") if cfg.run.val_every else [])
     check_files(index, used)
     ctx = dist.setup(cfg.run.device)
+    finished = False
     say = on_message if (on_message and ctx.main) else (lambda _msg: None)
     try:
         if ctx.device.type == "cpu" and loader_workers(cfg):
@@ -207,13 +208,15 @@ def train(
         if on_start is not None and ctx.main:
             on_start(progress.step, cfg.total_steps)
         with _StopFlag() as stop:
-            return loop.run(progress, sampler, loader, stop, on_log if ctx.main else None, say)
+            result = loop.run(progress, sampler, loader, stop, on_log if ctx.main else None, say)
+        finished = True
+        return result
     except BaseException:
         if ctx.main:
             run.abandon()
         raise
     finally:
-        dist.teardown(ctx)
+        dist.teardown(ctx, wait=finished)
 
 
 def _truncate_log(path: Path, step: int) -> None:
