@@ -256,13 +256,14 @@ def test_flows_asked_for_before_the_pool_closes_are_all_computed() -> None:
     import numpy as np
 
     from ovseg_cli.segment.propagation import FlowPool
+    from ovseg_cli.threads import resolved
 
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (120, 160), dtype=np.uint8) for _ in range(2)]
     pool = FlowPool("fast", None, workers=2)
     pending = [pool.submit(frames[0], frames[1]) for _ in range(16)]
     pool.close()  # the reader reached the end of the video: the flows are still wanted
-    flows = [FlowPool.resolve(f) for f in pending]
+    flows = [resolved(f) for f in pending]
     assert all(f.field.shape == (120, 160, 2) for f in flows)
 
 

@@ -12,6 +12,7 @@ method's reference does it; ``ovseg_cli.clip.sliding`` runs the references' slid
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -265,7 +266,14 @@ def normalise_images(
     The same operations in the same order wherever they run, so normalising on the model's
     device (a quarter of the bytes to move there) gives the host's values bit for bit.
     """
-    x = images.float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(3, 1, 1)
-    return x.sub_(m).div_(s)
+    m, s = _mean_std(tuple(mean), tuple(std), images.device)
+    return images.float().div_(255.0).sub_(m).div_(s)
+
+
+@functools.lru_cache(maxsize=8)
+def _mean_std(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (3, 1, 1) mean and std on a device, made once (not a copy to the GPU per batch)."""
+    m = torch.tensor(mean, dtype=torch.float32, device=device).view(3, 1, 1)
+    return m, torch.tensor(std, dtype=torch.float32, device=device).view(3, 1, 1)

@@ -54,7 +54,7 @@ from ovseg_cli.propagate.warping import (
 from ovseg_cli.segment.propagation import CUT_SHARE, MAX_FLOW_THREADS, FlowPool
 from ovseg_cli.segment.results import FrameResult, FrameSource, ResultStream
 from ovseg_cli.segment.shots import ShotDetector
-from ovseg_cli.threads import Prefetcher, usable_cores
+from ovseg_cli.threads import Prefetcher, resolved, usable_cores
 from ovseg_cli.video.reader import DecodedFrame, VideoReader
 
 # A model that fills frames no anchor reaches: (RGB frame, shot_start) -> (H, W) uint8 mask
@@ -181,7 +181,7 @@ class LabelPropagation(ResultStream):
         last = self.labels.frames[-1]
         # the container's count may be an estimate (from the duration): refuse before reading
         # only what is clearly past the end; the frames read decide the rest (``_run``)
-        if count is not None and last >= count + max(2, count // 50):
+        if count is not None and last >= count + VideoReader.count_margin(count):
             raise OvsegError(
                 f"{self.labels.path}: frame {last} is labelled, but {self.info.path.name} has "
                 f"{count} frames (0 to {count - 1})"
@@ -285,7 +285,7 @@ class LabelPropagation(ResultStream):
             for item in reversed(held):
                 if not item.wait:
                     break
-                field = FlowPool.resolve(item.ahead)
+                field = resolved(item.ahead)
                 coords = to_map(field) if coords is None else compose(coords, field)
                 item.next, item.next_coords = anchor, coords
         while held:
@@ -295,7 +295,7 @@ class LabelPropagation(ResultStream):
         """Where each pixel of the frame is in its previous anchor: the map of the frame
         before (resolved just before this one, in order) and the flow between the two."""
         assert item.prev is not None
-        field = FlowPool.resolve(item.back)
+        field = resolved(item.back)
         index, anchor = item.frame.index, item.prev.index
         chain = self._chain
         if chain is not None and chain[:2] == (anchor, index - 1):

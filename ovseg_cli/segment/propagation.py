@@ -196,7 +196,7 @@ class FlowPool:
     are independent, so keyframe mode keeps up with a fast model (a GPU) on several cores.
 
     ``submit`` returns a ``Future`` of the ``Flow``, or the ``Flow`` itself with one worker
-    (no thread then). ``resolve`` turns either into the ``Flow``.
+    (no thread then). ``ovseg_cli.threads.resolved`` turns either into the ``Flow``.
     """
 
     def __init__(
@@ -234,17 +234,10 @@ class FlowPool:
     def submit_field(
         self, frame: np.ndarray, keyframe: np.ndarray
     ) -> np.ndarray | Future[np.ndarray]:
-        """The flow field alone (no warp error), or its future; ``resolve`` gives it."""
+        """The flow field alone (no warp error), or its future (``threads.resolved``)."""
         if self._pool is None:
             return self.estimator.field(frame, keyframe)
         return self._pool.submit(self._field, frame, keyframe)
-
-    @staticmethod
-    def resolve(flow: Any) -> Any:
-        """The flow (or field) a ``submit`` gave, waiting for it if it is still being computed."""
-        from ovseg_cli.threads import resolved
-
-        return resolved(flow)
 
     def close(self) -> None:
         """No more flows: the threads end once those asked for are done. Nothing is

@@ -66,7 +66,7 @@ class _Planned:
     key: bool
     image: torch.Tensor | Future[torch.Tensor] | None = None  # keyframes: the model's input
     cut: bool = False  # the frame starts a new shot (always a keyframe)
-    # Flow, or its Future while a FlowPool computes it (FlowPool.resolve where it is used)
+    # Flow, or its Future while a FlowPool computes it (``resolved`` where it is used)
     prev_flow: Flow | Future[Flow] | None = None  # frames in between: to the previous keyframe
     next_flow: Flow | Future[Flow] | None = None  # bidirectional: to the next keyframe, once read
     next_key: _Planned | None = None  # bidirectional: the next keyframe, once read
@@ -276,8 +276,8 @@ class SegmentationStream(ResultStream):
                 if nxt is not None:
                     t = (head.frame.index - prev_index) / (nxt.frame.index - prev_index)
                 logits = propagate_scores(
-                    prev_logits, FlowPool.resolve(head.prev_flow), nxt.logits if nxt else None,
-                    FlowPool.resolve(head.next_flow), t,
+                    prev_logits, resolved(head.prev_flow), nxt.logits if nxt else None,
+                    resolved(head.next_flow), t,
                 )  # fmt: skip
             yield head, logits
 

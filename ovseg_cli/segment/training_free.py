@@ -164,7 +164,9 @@ class TrainingFreeSegmenter(StepsInBatches):
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Dense embeddings (W, B, E, gh, gw) of prepared images: one per window (W = 1 whole)."""
-        images = self.normalise(images)
+        return self._embed(self.normalise(images))
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
         boxes = self.boxes(*images.shape[-2:])
         with autocast(self.device, self.precision):
             if boxes is None:
@@ -188,7 +190,7 @@ class TrainingFreeSegmenter(StepsInBatches):
         images = self.normalise(images)
         h, w = images.shape[-2:]
         boxes = self.boxes(h, w)
-        emb = self.embed(images)
+        emb = self._embed(images)
         text = vocabulary.embeddings.to(emb.device, torch.float32)
         out = []
         for i in range(images.shape[0]):  # the temporal state must see the frames one by one

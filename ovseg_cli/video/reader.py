@@ -361,11 +361,16 @@ class VideoReader:
         """Frames the container announces for the range (None: it does not say)."""
         return self.info.frames_between(self.start, self.end)
 
+    @staticmethod
+    def count_margin(count: int) -> int:
+        """Frames a duration-based frame count may be off by: 2, or 2% of a long video."""
+        return max(2, count // 50)
+
     def _check_length(self, count: int) -> None:
         """Warn when the file ends well before its container said (a cut-off download, say)."""
         expected = self.frames_expected
-        if expected is None or expected - count <= max(2, expected // 50):
-            return  # within what a duration-based estimate is off by (as propagate allows)
+        if expected is None or expected - count <= self.count_margin(expected):
+            return  # within what a duration-based estimate is off by
         self.truncated = True
         log.warning(
             "%s ended after %d of the %d frames its container announces (truncated file?); "
