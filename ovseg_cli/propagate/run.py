@@ -21,8 +21,9 @@ from ovseg_cli.config import PropagateConfig, SegmentConfig
 from ovseg_cli.config_io import to_dict
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.outputs import OutputFolder, check_destination
-from ovseg_cli.segment.run import MASK_FORMAT, SegmentRun, input_meta, run_inputs
+from ovseg_cli.segment.run import SegmentRun, input_meta, run_inputs
 from ovseg_cli.segment.run import default_out_dir as segment_out_dir
+from ovseg_cli.segment.writing import ResultWriter, abandon, complete
 from ovseg_cli.video.reader import VideoInfo, VideoReader
 
 
@@ -113,8 +114,6 @@ def run_propagate(
                 model = model or load_model(seg)
             propagation.fill = model_filler(model, label_prompts(names, classes_file), seg.size)
         load_seconds = time.perf_counter() - t0
-        from ovseg_cli.segment.writing import ResultWriter, complete
-
         sink = ResultWriter(
             folder.path, video, info, names, colors, overlay=config.overlay,
             masks=config.masks, exports=exports, alpha=config.alpha, unlabelled=unlabelled,
@@ -135,17 +134,7 @@ def run_propagate(
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "input": input_meta(info),
             "labels": label_set.describe(),
-            "output": {
-                "frames": frames,
-                "frames_expected": info.frame_count,
-                "truncated": getattr(reader, "truncated", False),
-                "skipped_frames": propagation.skipped,
-                "overlay": "overlay.mp4" if config.overlay else None,
-                "video_codec": sink.codec_name,
-                "masks": "masks/" if config.masks else None,
-                "mask_format": MASK_FORMAT,
-                "exports": exported,
-            },
+            "output": sink.describe(frames, reader, propagation.skipped, exported),
             "classes": [
                 {"index": i, "name": n, "color": list(c)}
                 for i, (n, c) in enumerate(zip(names, colors, strict=True))
@@ -163,10 +152,7 @@ def run_propagate(
         out_dir = complete(folder, meta, meta["config"])
         return SegmentRun(out_dir, frames, propagation.skipped, load_seconds, seconds, meta)
     except BaseException:
-        if sink is not None:
-            sink.abort()
-        if folder is not None:
-            folder.discard()
+        abandon(sink, folder)
         raise
     finally:
         if propagation is not None:

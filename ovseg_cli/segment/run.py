@@ -24,7 +24,7 @@ from ovseg_cli.config import SegmentConfig
 from ovseg_cli.config_io import to_dict
 from ovseg_cli.errors import OvsegError
 from ovseg_cli.outputs import OutputFolder, check_destination
-from ovseg_cli.segment.writing import MASK_FORMAT, ResultWriter, complete
+from ovseg_cli.segment.writing import ResultWriter, abandon, complete
 from ovseg_cli.video.reader import VideoInfo, VideoReader
 
 if TYPE_CHECKING:
@@ -178,17 +178,7 @@ def run_segment(
             "ovseg_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "input": input_meta(info, config.start, config.end),
-            "output": {
-                "frames": frames,
-                "frames_expected": reader.frames_expected,  # what the container announced
-                "truncated": reader.truncated,
-                "skipped_frames": stream.skipped,
-                "overlay": "overlay.mp4" if config.overlay else None,
-                "video_codec": sink.codec_name,
-                "masks": "masks/" if config.masks else None,
-                "mask_format": MASK_FORMAT,
-                "exports": exported,
-            },
+            "output": sink.describe(frames, reader, stream.skipped, exported),
             "classes": [
                 {"index": i, "name": c.name, "prompts": list(c.texts), "color": list(col)}
                 for i, (c, col) in enumerate(
@@ -215,10 +205,7 @@ def run_segment(
         out_dir = complete(folder, meta, to_dict(config))
         return SegmentRun(out_dir, frames, stream.skipped, load_seconds, segment_seconds, meta)
     except BaseException:
-        if sink is not None:
-            sink.abort()
-        if folder is not None:
-            folder.discard()
+        abandon(sink, folder)
         raise
     finally:
         if stream is not None:

@@ -125,6 +125,22 @@ class ResultWriter:
             (self.folder / "labelmap.txt").write_text(text, encoding="utf-8")
         return exported
 
+    def describe(
+        self, frames: int, reader: Any, skipped: int, exported: dict[str, Any]
+    ) -> dict[str, Any]:
+        """meta.json's ``output`` block: what was read and what this writer wrote."""
+        return {
+            "frames": frames,
+            "frames_expected": reader.frames_expected,  # what the container announced
+            "truncated": reader.truncated,
+            "skipped_frames": skipped,
+            "overlay": "overlay.mp4" if self.writer is not None else None,
+            "video_codec": self.codec_name,
+            "masks": "masks/" if self.masks else None,
+            "mask_format": MASK_FORMAT,
+            "exports": exported,
+        }
+
     def abort(self) -> None:
         """Stop writing and drop the partial files (the folder is the caller's to discard)."""
         if self.pool is not None:
@@ -133,6 +149,14 @@ class ResultWriter:
             self.writer.abort()
         if self.sinks is not None:
             self.sinks.abort()
+
+
+def abandon(writer: ResultWriter | None, folder: Any) -> None:
+    """Stop writing and drop the run's partial folder: the way out of a failed run."""
+    if writer is not None:
+        writer.abort()
+    if folder is not None:
+        folder.discard()
 
 
 def complete(folder: Any, meta: dict[str, Any], config: dict[str, Any]) -> Path:
